@@ -1,0 +1,79 @@
+"""The one interface every prior implements: a denoiser D(x, sigma) on a "signal" space.
+
+The codec and the samplers only see this interface. A prior maps pixels in [0, 1] to its signal space (identity
+for FFDNet, [-1, 1] for diffusers pixel models, the VAE latent for Stable Diffusion) and back, and denoises
+x = clean + sigma * noise in that space (variance-exploding convention, as in k-diffusion).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+
+
+class Prior(ABC):
+    """A pretrained natural-image prior, wrapped as a denoiser. Subclasses set the class attributes."""
+
+    #: Stored in the file; `load_prior(prior_id)` must rebuild the same model from it.
+    id: str
+    #: Channels of the signal space the codec measures (3 for RGB pixels, 4 for an SD latent).
+    channels: int
+    #: Pixel channels the prior models (1 or 3); other images are converted to this and back.
+    pixel_channels: int
+    #: Value the codec predicts for an unmeasured signal entry.
+    signal_mean: float = 0.0
+    #: Defaults the encoder writes into the header.
+    tile: int = 16
+    sigma_max: float = 1.0
+    sigma_min: float = 0.01
+    sampler_steps: int = 6
+    #: Pixels per signal sample along each axis (8 for an SD latent).
+    downscale: int = 1
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._sha256: bytes | None = None
+
+    @abstractmethod
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """D(x, sigma): estimate of the clean signal from x = clean + sigma * noise. x is (N, channels, h, w)."""
+
+    def denoiser(self, prompt: str = "") -> Callable[[torch.Tensor, float], torch.Tensor]:
+        """D(x, sigma) conditioned on the file's prompt; priors without text conditioning ignore it."""
+        return self.denoise
+
+    def to_signal(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(1, pixel_channels, H, W) in [0, 1] -> (1, channels, ceil(H/downscale), ceil(W/downscale))."""
+        return pixels
+
+    def to_pixels(self, signal: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Inverse of :meth:`to_signal`, cropped to (height, width), clamped to [0, 1]."""
+        return signal[..., :height, :width].clamp(0, 1)
+
+    @abstractmethod
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The networks whose weights define the prior (hashed into the file)."""
+
+    @property
+    def sha256(self) -> bytes:
+        """SHA-256 over every weight tensor (name, dtype, shape, bytes), in sorted order."""
+        if self._sha256 is None:
+            h = hashlib.sha256()
+            for prefix, module in sorted(self.modules().items()):
+                state = module.state_dict()
+                for name in sorted(state):
+                    t = state[name].detach().to("cpu").contiguous()
+                    h.update(f"{prefix}.{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._sha256 = h.digest()
+        return self._sha256
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """"auto" (or None) picks CUDA when present, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

