@@ -1,0 +1,505 @@
+"""The PSC loop (Elata, Michaeli & Elad 2024, Algorithms 1-2), shared by encoder and decoder.
+
+Step 0 measures a fixed base: per tile, the block mean of each colour channel, coded as a 2-D DCT over the
+tile grid. Every later step draws posterior samples given all measurements so far (windowed, seeded), takes
+per-tile principal directions of the samples as candidate rows, keeps the globally most uncertain ones,
+predicts each measurement from the sample mean, and codes the float8-quantized residual with an entropy model
+whose spread comes from the samples. The decoder runs the same code and reads residuals instead of measuring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import sys
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import entropy
+from .container import DataChunk, Header, PSCFile, pack_chunk, read_file
+from .errors import BudgetError, CorruptFileError, DesyncError, ModelMismatchError, NoDataError, PSCError
+from .priors import Prior, canonical_model_id, load_prior
+from .quantize import dequantize, quantize
+from .rows import TileGrid, base_rows, dct_bands, dct_matrix, orthonormalise, principal_directions
+from .samplers import karras_sigmas, sample_projected
+
+SAMPLER = "ddnm-ancestral"
+OUTPUT_STEP = 0xFFFF  # step id used to seed the final (output) sampling
+DEFAULT_RATE = 0.2
+_CHUNK_OVERHEAD = 12 + 12  # chunk frame + DATA fixed fields
+
+
+@dataclass
+class CodecConfig:
+    """Encoder settings; every value that the decoder needs is written to the header."""
+
+    samples: int = 8  # posterior samples per step (s); at most s-1 new rows per tile per step
+    sampler_steps: int | None = None  # denoiser evaluations per sample (None: the prior's default)
+    eta: float = 1.0
+    output_samples: int = 4  # samples averaged by the `mean` decode
+    rows_per_step: tuple[float, ...] = (2.0,)  # new rows per tile at each step; the last value repeats
+    delta: float = 0.08  # quantizer step in signal units
+    tile: int | None = None  # None: the prior's default
+    window: int = 16  # sampling window core, tiles
+    margin: int = 2  # sampling window margin, tiles
+    sigma_max: float | None = None
+    sigma_min: float | None = None
+    base_share: float = 0.5  # the base layer may use at most this share of the budget (coarser step if needed)
+    max_steps: int = 4096
+
+
+@dataclass
+class Decoded:
+    pixels: np.ndarray  # uint8, (H, W) or (H, W, C); alpha last when present
+    header: Header
+    steps_present: int
+    steps_decoded: int
+    truncated: bool
+    desync_step: int | None = None
+
+
+@dataclass
+class _Proposal:
+    """Candidate rows of one step, most uncertain first (identical on both sides)."""
+
+    tile_of: torch.Tensor  # (R,) long
+    rows: torch.Tensor  # (R, dim) float32, orthonormalised
+    mean: np.ndarray  # (R,) predicted measurement
+    sigma: np.ndarray  # (R,) predicted spread (before the per-step scale)
+    usable: np.ndarray  # (R,) bool: rows that survived orthonormalisation
+
+    def check(self, count: int, delta: float) -> int:
+        """CRC-32 of what chose the first `count` rows: their tiles and snapped spreads."""
+        tiles = self.tile_of[:count].numpy().astype("<i4").tobytes()
+        levels = entropy.scale_levels(self.sigma[:count] / delta).astype("<i2").tobytes()
+        return zlib.crc32(tiles + levels)
+
+
+class SensingState:
+    """Everything both sides know: the prior, the geometry, and the rows and quantized measurements so far."""
+
+    def __init__(self, header: Header, prior: Prior, progress: bool = False):
+        self.header, self.prior, self.device = header, prior, prior.device
+        ds = prior.downscale
+        self.grid = TileGrid(prior.channels, math.ceil(header.height / ds), math.ceil(header.width / ds), header.tile)
+        self.mask = self.grid.masks(self.device)
+        self.denoise = prior.denoiser(header.prompt)
+        self.sigmas = karras_sigmas(header.sampler_steps, header.sigma_max, header.sigma_min)
+        self.rows = torch.zeros(0, self.grid.dim, device=self.device)
+        self.tile_of = torch.zeros(0, dtype=torch.long)
+        self.meas = torch.zeros(0, device=self.device)
+        self.progress = progress
+
+    # -- geometry -------------------------------------------------------------------------------------------
+    def windows(self) -> Iterator[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+        """(core, region) tile ranges (y0, y1, x0, x1) in raster order; regions add the margin."""
+        g, w, m = self.grid, self.header.window, self.header.margin
+        for cy in range(0, g.rows_of_tiles, w):
+            for cx in range(0, g.cols_of_tiles, w):
+                core = (cy, min(cy + w, g.rows_of_tiles), cx, min(cx + w, g.cols_of_tiles))
+                yield core, (max(cy - m, 0), min(cy + w + m, g.rows_of_tiles), max(cx - m, 0),
+                             min(cx + w + m, g.cols_of_tiles))
+
+    def _tile_ids(self, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        return (torch.arange(y0, y1)[:, None] * self.grid.cols_of_tiles + torch.arange(x0, x1)[None]).flatten()
+
+    def rows_of_tiles(self, tile_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows and measurements of the given tiles, zero-padded: (n, K, dim) and (n, K)."""
+        local = torch.full((self.grid.count,), -1, dtype=torch.long)
+        local[tile_ids] = torch.arange(len(tile_ids))
+        lid = local[self.tile_of]
+        sel = torch.nonzero(lid >= 0).flatten()
+        order = torch.argsort(lid[sel], stable=True)
+        sel, lid = sel[order], lid[sel][order]
+        counts = torch.bincount(lid, minlength=len(tile_ids))
+        slot = torch.arange(len(sel)) - (torch.cumsum(counts, 0) - counts)[lid]
+        k = int(counts.max()) if len(sel) else 0
+        rows = torch.zeros(len(tile_ids), k, self.grid.dim, device=self.device)
+        meas = torch.zeros(len(tile_ids), k, device=self.device)
+        rows[lid, slot] = self.rows[sel]
+        meas[lid, slot] = self.meas[sel]
+        return rows, meas
+
+    def add(self, tile_of: torch.Tensor, rows: torch.Tensor, meas: np.ndarray) -> None:
+        self.tile_of = torch.cat([self.tile_of, tile_of])
+        self.rows = torch.cat([self.rows, rows.to(self.device)])
+        self.meas = torch.cat([self.meas, torch.as_tensor(meas, dtype=torch.float32, device=self.device)])
+
+    # -- posterior sampling ---------------------------------------------------------------------------------
+    def _sample_region(self, region: tuple[int, int, int, int], n: int, step: int, index: int) -> torch.Tensor:
+        """n posterior samples of one window region, as tiles (region tiles, n, dim)."""
+        y0, y1, x0, x1 = region
+        ry, rx, t = y1 - y0, x1 - x0, self.grid.tile
+        rows, meas = self.rows_of_tiles(self._tile_ids(*region))
+
+        def project(x: torch.Tensor) -> torch.Tensor:
+            tiles = self.grid.to_tiles(x)
+            tiles = tiles + (meas[:, None, :] - tiles @ rows.transpose(1, 2)) @ rows
+            return self.grid.from_tiles(tiles, ry, rx)
+
+        shape = (self.grid.channels, ry * t, rx * t)
+        gens = [torch.Generator().manual_seed(_derive_seed(self.header.seed, step, index, j)) for j in range(n)]
+
+        def noise(_: int) -> torch.Tensor:
+            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+
+        start = project(torch.full((1, *shape), self.prior.signal_mean, device=self.device)).expand(n, *shape)
+        with torch.no_grad():
+            samples = sample_projected(self.denoise, project, start, self.sigmas, noise, self.header.eta)
+        return self.grid.to_tiles(samples)
+
+    def _sample_all(self, n: int, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (core tile ids, core tiles (k, n, dim)) for every window."""
+        for index, (core, region) in enumerate(self.windows()):
+            tiles = self._sample_region(region, n, step, index)
+            ids = self._tile_ids(*region)
+            keep = torch.isin(ids, self._tile_ids(*core))
+            yield ids[keep], tiles[keep.to(tiles.device)]
+
+    def propose(self, step: int) -> _Proposal:
+        """Candidate rows for `step` >= 1: per-tile principal directions, globally sorted by spread."""
+        g, s = self.grid, self.header.samples
+        means = torch.zeros(g.count, g.dim, device=self.device)
+        dirs = torch.zeros(g.count, s - 1, g.dim, device=self.device)
+        spread = torch.zeros(g.count, s - 1, device=self.device)
+        for ids, tiles in self._sample_all(s, step):
+            means[ids], dirs[ids], spread[ids] = principal_directions(tiles)
+        rate = self.header.rows_per_step[min(step, len(self.header.rows_per_step)) - 1]
+        count = min(max(1, round(rate * g.count)), g.count * (s - 1))
+        order = torch.argsort(spread.flatten().cpu(), descending=True, stable=True)[:count]
+        tile_of, cand = order // (s - 1), order % (s - 1)
+        rows, usable = self._orthonormalise(tile_of, dirs[tile_of, cand])
+        mean = (rows.double() * means[tile_of].double()).sum(-1)
+        return _Proposal(tile_of, rows, mean.cpu().numpy(), spread[tile_of, cand].double().cpu().numpy(),
+                         usable.cpu().numpy())
+
+    def _orthonormalise(self, tile_of: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Orthonormalise new rows against their tile's rows and the new rows ahead of them in the list."""
+        uniq, inverse = torch.unique(tile_of, return_inverse=True)
+        existing, _ = self.rows_of_tiles(uniq)
+        seen = torch.zeros(len(uniq), dtype=torch.long)
+        slot = torch.zeros(len(tile_of), dtype=torch.long)
+        for i, u in enumerate(inverse.tolist()):
+            slot[i] = seen[u]
+            seen[u] += 1
+        added = torch.zeros(len(uniq), int(seen.max()), self.grid.dim, device=self.device)
+        out = torch.zeros_like(new)
+        usable = torch.zeros(len(tile_of), dtype=torch.bool, device=self.device)
+        for j in range(int(seen.max())):
+            sel = torch.nonzero(slot == j).flatten()
+            u = inverse[sel]
+            basis = torch.cat([existing[u], added[u, :j]], 1)
+            rows, ok = orthonormalise(new[sel], basis, self.mask[tile_of[sel]])
+            rows = rows * ok[:, None]
+            out[sel], usable[sel], added[u, j] = rows, ok, rows
+        return out, usable
+
+    # -- output ---------------------------------------------------------------------------------------------
+    def reconstruct(self, mode: str = "mean") -> np.ndarray:
+        """Pixels (H, W, C) uint8 from the current measurements: sample mean or one posterior sample."""
+        if mode not in ("mean", "sample"):
+            raise ValueError(f"decode mode must be 'mean' or 'sample', not {mode!r}")
+        g = self.grid
+        n = self.header.output_samples if mode == "mean" else 1
+        signal = torch.zeros(g.count, g.dim, device=self.device)
+        for ids, tiles in self._sample_all(n, OUTPUT_STEP):
+            signal[ids] = tiles.mean(1)
+        signal = g.from_tiles(signal[:, None], g.rows_of_tiles, g.cols_of_tiles)[:, :, :g.height, :g.width]
+        with torch.no_grad():
+            pixels = self.prior.to_pixels(signal, self.header.height, self.header.width)
+        pixels = (pixels[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        if self.header.channels == 1 and pixels.shape[2] == 3:
+            pixels = np.rint(pixels.astype(np.float64).mean(2, keepdims=True)).astype(np.uint8)
+        return pixels
+
+
+def _derive_seed(seed: int, step: int, window: int, sample: int) -> int:
+    digest = hashlib.sha256(struct.pack(">QIII", seed, step, window, sample)).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+# -- base layer (step 0) --------------------------------------------------------------------------------------
+def _base_layout(state: SensingState):
+    g = state.grid
+    rows = base_rows(g, state.device)  # (tiles, C, dim)
+    prediction = (rows.double().sum(-1) * state.prior.signal_mean).cpu().numpy()  # (tiles, C)
+    bands = dct_bands(g.rows_of_tiles, g.cols_of_tiles)
+    return rows, prediction, bands, dct_matrix(g.rows_of_tiles), dct_matrix(g.cols_of_tiles)
+
+
+def _base_params(delta_code: int, levels: np.ndarray) -> bytes:
+    return struct.pack(">b", delta_code) + levels.astype(np.int8).tobytes()
+
+
+def _base_apply(state: SensingState, symbols: np.ndarray, delta: float) -> np.ndarray:
+    """Dequantize the base DCT coefficients, add the tiles' rows and measurements to the state."""
+    g = state.grid
+    rows, prediction, _, dy, dx = _base_layout(state)
+    coef = dequantize(symbols, delta).reshape(g.channels, g.rows_of_tiles, g.cols_of_tiles)
+    resid = np.einsum("ij,cjk,lk->cil", dy.T, coef, dx.T).reshape(g.channels, g.count).T
+    meas = prediction + resid
+    state.add(torch.arange(g.count).repeat_interleave(g.channels), rows.reshape(-1, g.dim), meas.reshape(-1))
+    return meas
+
+
+def _base_levels(bands: np.ndarray, band_levels: np.ndarray, channels: int) -> np.ndarray:
+    return np.stack([band_levels[c][bands] for c in range(channels)]).reshape(-1)
+
+
+def _base_check(state: SensingState) -> int:
+    g = state.grid
+    return zlib.crc32(struct.pack(">IIII", g.channels, g.rows_of_tiles, g.cols_of_tiles, g.tile))
+
+
+def _encode_base(state: SensingState, signal_tiles: torch.Tensor, budget: int, share: float) -> DataChunk:
+    g, delta = state.grid, state.header.delta
+    rows, prediction, bands, dy, dx = _base_layout(state)
+    meas = (rows.double() * signal_tiles.double()[:, None]).sum(-1).cpu().numpy()
+    resid = (meas - prediction).T.reshape(g.channels, g.rows_of_tiles, g.cols_of_tiles)
+    coef = np.einsum("ij,cjk,lk->cil", dy, resid, dx)
+    n_bands = int(bands.max()) + 1
+    allowed = min(budget, max(int(budget * share), 0)) - _CHUNK_OVERHEAD
+    for delta_code in range(0, 128):
+        step = delta * 2.0 ** (delta_code / 4)
+        rms = np.stack([[np.sqrt(np.mean(coef[c][bands == b] ** 2)) for b in range(n_bands)]
+                        for c in range(g.channels)])
+        band_levels = np.clip(entropy.scale_levels(rms / step), -128, 127)
+        symbols = quantize(coef, step).reshape(-1)
+        words = entropy.encode(symbols, _base_levels(bands, band_levels, g.channels))
+        params = _base_params(delta_code, band_levels)
+        if len(words) + len(params) <= allowed:
+            _base_apply(state, symbols, step)
+            return DataChunk(0, g.count * g.channels, _base_check(state), params, words)
+    raise BudgetError(f"the budget of {budget} bytes for data cannot hold the base layer; raise rate/max_bytes")
+
+
+def _decode_base(state: SensingState, chunk: DataChunk) -> None:
+    g = state.grid
+    _, _, bands, _, _ = _base_layout(state)
+    n_bands = int(bands.max()) + 1
+    if len(chunk.params) != 1 + g.channels * n_bands or chunk.rows != g.count * g.channels:
+        raise CorruptFileError("base DATA chunk does not match the image geometry")
+    if chunk.check != _base_check(state):
+        raise CorruptFileError("base DATA chunk check value does not match the image geometry")
+    delta_code = struct.unpack(">b", chunk.params[:1])[0]
+    band_levels = np.frombuffer(chunk.params[1:], dtype=np.int8).reshape(g.channels, n_bands).astype(np.int64)
+    symbols = entropy.decode(chunk.words, _base_levels(bands, band_levels, g.channels))
+    _base_apply(state, symbols, state.header.delta * 2.0 ** (delta_code / 4))
+
+
+# -- adaptive steps -------------------------------------------------------------------------------------------
+def _scale_code(z: np.ndarray) -> int:
+    """Per-step calibration of the samples' spread: rms of residual/sigma, as 2^(code/8)."""
+    rms = float(np.sqrt(np.mean(z * z))) if len(z) else 1.0
+    return int(np.clip(np.rint(8 * np.log2(max(rms, 1e-6))), -64, 127))
+
+
+def _levels(prop: _Proposal, code: int, delta: float) -> np.ndarray:
+    return entropy.scale_levels(prop.sigma * 2.0 ** (code / 8) / delta)
+
+
+def _encode_step(state: SensingState, step: int, signal_tiles: torch.Tensor, budget: int) -> DataChunk | None:
+    """Code the next step into at most `budget` bytes (chunk included); None when nothing fits."""
+    if budget < _CHUNK_OVERHEAD + 1 + 8:
+        return None
+    prop = state.propose(step)
+    delta = state.header.delta
+    truth = (prop.rows.double() * signal_tiles[prop.tile_of.to(signal_tiles.device)].double()).sum(-1).cpu().numpy()
+    resid = truth - prop.mean
+    ok = prop.usable
+    code = _scale_code(resid[ok] / np.maximum(prop.sigma[ok], 1e-12))
+    levels = _levels(prop, code, delta)
+    symbols = quantize(resid, delta)
+    bits = np.where(ok, 0.0, 0.0)
+    bits[ok] = entropy.cost_bits(symbols[ok], levels[ok])
+    allowed = budget - _CHUNK_OVERHEAD - 1
+    count = int(np.searchsorted(np.ceil(np.cumsum(bits) / 32) * 4 + 4, allowed, side="right"))
+    while count > 0:
+        words = entropy.encode(symbols[:count][ok[:count]], levels[:count][ok[:count]])
+        if len(words) <= allowed:
+            break
+        count = int(count * 0.95)
+    if count == 0 or not ok[:count].any():
+        return None
+    meas = prop.mean[:count] + dequantize(symbols[:count], delta)
+    state.add(prop.tile_of[:count][ok[:count]], prop.rows[:count][torch.from_numpy(ok[:count])], meas[ok[:count]])
+    return DataChunk(step, count, prop.check(count, delta), struct.pack(">b", code), words)
+
+
+def _decode_step(state: SensingState, chunk: DataChunk) -> None:
+    prop = state.propose(chunk.step)
+    delta, count = state.header.delta, chunk.rows
+    if not 1 <= count <= len(prop.tile_of) or len(chunk.params) != 1:
+        raise CorruptFileError(f"DATA chunk {chunk.step} declares {count} rows, outside 1..{len(prop.tile_of)}")
+    if chunk.check != prop.check(count, delta):
+        raise DesyncError(f"decoder state differs from the encoder's at step {chunk.step} (check value mismatch)")
+    code = struct.unpack(">b", chunk.params)[0]
+    ok = prop.usable[:count]
+    symbols = entropy.decode(chunk.words, _levels(prop, code, delta)[:count][ok])
+    meas = prop.mean[:count][ok] + dequantize(symbols, delta)
+    state.add(prop.tile_of[:count][ok], prop.rows[:count][torch.from_numpy(ok)], meas)
+
+
+# -- public API -----------------------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    """An encoded file and the encoder's final state (which can reconstruct what the decoder will see)."""
+
+    data: bytes
+    steps: int
+    state: SensingState = field(repr=False)
+
+    def reconstruct(self, mode: str = "mean") -> np.ndarray:
+        return _finish_pixels(self.state.reconstruct(mode), self.state.header, None)
+
+
+def split_alpha(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W[, C]) uint8 with C in 1..4 -> colour (H, W, 1 or 3) and alpha (H, W) or None."""
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"pixels must be uint8, not {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"pixels must be (H, W) or (H, W, 1..4), not {tuple(np.asarray(pixels).shape)}")
+    if arr.shape[2] in (2, 4):
+        return arr[:, :, :-1], arr[:, :, -1]
+    return arr, None
+
+
+def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | None = None, model: str | None = None,
+           prompt: str = "", seed: int = 0, device: str = "auto", config: CodecConfig | None = None,
+           metadata: dict[str, bytes] | None = None, progress: bool = False) -> Encoded:
+    """Encode uint8 pixels (H, W) or (H, W, C), C = 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA).
+
+    The file holds at most `max_bytes` bytes and at most `rate` bits per pixel (header included); with
+    neither, rate defaults to DEFAULT_RATE. Raises BudgetError when not even the base layer fits.
+    """
+    cfg = config or CodecConfig()
+    colour, alpha = split_alpha(pixels)
+    h, w, channels = colour.shape
+    if rate is not None and not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"rate must be a positive number of bits per pixel, not {rate!r}")
+    if max_bytes is not None and max_bytes <= 0:
+        raise ValueError(f"max_bytes must be positive, not {max_bytes!r}")
+    if not 0 <= seed < 2 ** 64:
+        raise ValueError("seed must be in 0..2**64-1")
+    limits = [int(r * h * w / 8) for r in [rate if rate is not None or max_bytes is not None else DEFAULT_RATE]
+              if r is not None]
+    budget = min(limits + ([max_bytes] if max_bytes is not None else []))
+    model_id = canonical_model_id(model, channels)
+    prior = load_prior(model_id, device)
+    if channels != prior.pixel_channels and prior.pixel_channels != 3:
+        raise ValueError(f"model {model_id} codes {prior.pixel_channels}-channel images, not {channels}-channel")
+    header = Header(
+        width=w, height=h, channels=channels, has_alpha=alpha is not None, prior_id=prior.id,
+        model_sha256=prior.sha256, seed=seed, prompt=prompt, sampler=SAMPLER,
+        sampler_steps=cfg.sampler_steps or prior.sampler_steps, samples=cfg.samples, eta=cfg.eta,
+        sigma_max=cfg.sigma_max or prior.sigma_max, sigma_min=cfg.sigma_min or prior.sigma_min,
+        output_samples=cfg.output_samples, tile=cfg.tile or prior.tile, window=cfg.window, margin=cfg.margin,
+        float8="e4m3fn", delta=cfg.delta, rows_per_step=list(cfg.rows_per_step))
+    header = Header.from_bytes(header.to_bytes())  # float fields as the decoder will read them (float32)
+    psc = PSCFile(header, zlib.compress(alpha.tobytes(), 9) if alpha is not None else None,
+                  {k: v for k, v in (metadata or {}).items() if v})
+    remaining = budget - len(psc.to_bytes())
+
+    state = SensingState(header, prior, progress)
+    x = torch.from_numpy(np.ascontiguousarray(colour)).permute(2, 0, 1)[None].float().div(255).to(prior.device)
+    if channels != prior.pixel_channels:
+        x = x.expand(1, 3, h, w)
+    with torch.no_grad():
+        signal = state.grid.pad(prior.to_signal(x))
+    signal_tiles = state.grid.to_tiles(signal)[:, 0]
+    psc.data.append(_encode_base(state, signal_tiles, remaining, cfg.base_share))
+    remaining -= len(pack_chunk(b"DATA", psc.data[0].to_bytes()))
+    with _progress(progress, "encode", None) as bar:
+        for step in range(1, cfg.max_steps + 1):
+            chunk = _encode_step(state, step, signal_tiles, remaining)
+            if chunk is None:
+                break
+            psc.data.append(chunk)
+            remaining -= len(pack_chunk(b"DATA", chunk.to_bytes()))
+            bar.update(1)
+    data = psc.to_bytes()
+    assert len(data) <= budget, "rate control exceeded the budget"
+    return Encoded(data, len(psc.data), state)
+
+
+def encode_array(pixels: np.ndarray, **kwargs) -> bytes:
+    """Like :func:`encode` but returns only the file's bytes."""
+    return encode(pixels, **kwargs).data
+
+
+def decode_array(data: bytes, *, mode: str = "mean", steps: int | None = None, device: str = "auto",
+                 model: str | None = None, progress: bool = False) -> Decoded:
+    """Decode a .psc file (possibly truncated) to uint8 pixels.
+
+    `steps` limits how many data chunks are used (None: all). A decoder whose model hash differs from the
+    file's raises ModelMismatchError. If the decoder's state drifts from the encoder's (another machine or
+    library version), decoding stops at the last consistent step with a warning (`desync_step` is set).
+    """
+    if mode not in ("mean", "sample"):
+        raise ValueError(f"decode mode must be 'mean' or 'sample', not {mode!r}")
+    psc = read_file(data)
+    header = psc.header
+    if not psc.data:
+        raise NoDataError("the file holds no complete DATA chunk (truncated before the first step)")
+    prior = _load_matching_prior(header, model, device)
+    state = SensingState(header, prior, progress)
+    use = psc.data[:steps] if steps is not None else psc.data
+    if steps is not None and steps < 1:
+        raise ValueError("steps must be at least 1")
+    _decode_base(state, use[0])
+    decoded, desync = 1, None
+    with _progress(progress, "decode", len(use)) as bar:
+        bar.update(1)
+        for chunk in use[1:]:
+            try:
+                _decode_step(state, chunk)
+            except DesyncError as exc:
+                warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+                desync = chunk.step
+                break
+            decoded += 1
+            bar.update(1)
+    pixels = _finish_pixels(state.reconstruct(mode), header, psc.alpha)
+    return Decoded(pixels, header, len(psc.data), decoded, psc.truncated, desync)
+
+
+def _finish_pixels(colour: np.ndarray, header: Header, alpha: bytes | None) -> np.ndarray:
+    if header.has_alpha and alpha is not None:
+        try:
+            plane = np.frombuffer(zlib.decompress(alpha), dtype=np.uint8)
+        except zlib.error as exc:
+            raise CorruptFileError(f"ALPH chunk does not inflate: {exc}") from exc
+        if plane.size != header.width * header.height:
+            raise CorruptFileError("ALPH chunk holds the wrong number of pixels")
+        colour = np.concatenate([colour, plane.reshape(header.height, header.width, 1)], 2)
+    elif header.has_alpha:
+        colour = np.concatenate([colour, np.full(colour.shape[:2] + (1,), 255, np.uint8)], 2)
+    return colour[:, :, 0] if colour.shape[2] == 1 else colour
+
+
+def _load_matching_prior(header: Header, model: str | None, device: str) -> Prior:
+    model_id = model or header.prior_id
+    try:
+        prior = load_prior(model_id, device)
+    except (OSError, ValueError) as exc:
+        raise ModelMismatchError(f"cannot load model {model_id!r} needed by this file: {exc}") from exc
+    if prior.sha256 != header.model_sha256:
+        raise ModelMismatchError(
+            f"this file needs model {header.prior_id!r} with weights sha256 {header.model_sha256.hex()[:16]}...; "
+            f"the loaded model {prior.id!r} has {prior.sha256.hex()[:16]}...")
+    return prior
+
+
+def _progress(enabled: bool, desc: str, total: int | None):
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr,
+                disable=not (enabled and sys.stderr.isatty()), leave=False)

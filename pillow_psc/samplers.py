@@ -1,0 +1,41 @@
+"""Posterior samplers over a denoiser D(x, sigma); they know nothing about which prior drives them.
+
+Measurement consistency enters through `project`, which maps a clean estimate onto {x : Hx = y}
+(x0 <- x0 + H^T (y - H x0) for orthonormal rows, as in DDNM/DDRM).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def karras_sigmas(n: int, sigma_max: float, sigma_min: float, rho: float = 7.0) -> list[float]:
+    """Noise levels of Karras et al. (2022), from sigma_max down to sigma_min, n of them."""
+    if n == 1:
+        return [float(sigma_min)]
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return [float((hi + i / (n - 1) * (lo - hi)) ** rho) for i in range(n)]
+
+
+def sample_projected(denoise: Denoiser, project: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+                     sigmas: list[float], noise: Callable[[int], torch.Tensor], eta: float = 1.0) -> torch.Tensor:
+    """Ancestral sampling with the clean estimate projected onto the measurements at every step.
+
+    `start` is a measurement-consistent initial guess (batch of samples); `noise(i)` returns fresh standard
+    normal noise shaped like `start` for iteration i. eta=1 re-noises with fresh noise only (DDPM-like),
+    eta=0 reuses the predicted noise (DDIM-like). Returns the final projected clean estimate.
+    """
+    x = start + sigmas[0] * noise(0)
+    for i, sigma in enumerate(sigmas):
+        x0 = project(denoise(x, sigma))
+        if i == len(sigmas) - 1:
+            return x0
+        eps = (x - x0) / sigma
+        fresh = noise(i + 1)
+        x = x0 + sigmas[i + 1] * (eta * fresh + math.sqrt(max(0.0, 1 - eta * eta)) * eps)
+    raise ValueError("sigmas must not be empty")
