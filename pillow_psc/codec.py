@@ -30,7 +30,7 @@ from .quantize import dequantize, quantize
 from .rows import TileGrid, base_rows, dct_bands, dct_matrix, orthonormalise, principal_directions
 from .samplers import karras_sigmas, sample_projected
 
-SAMPLER = "ddnm-ancestral"
+SAMPLER = "ddnm"
 OUTPUT_STEP = 0xFFFF  # step id used to seed the final (output) sampling
 DEFAULT_RATE = 0.2
 _CHUNK_OVERHEAD = 12 + 12  # chunk frame + DATA fixed fields
@@ -265,19 +265,20 @@ def _encode_base(state: SensingState, signal_tiles: torch.Tensor, budget: int, s
     resid = (meas - prediction).T.reshape(g.channels, g.rows_of_tiles, g.cols_of_tiles)
     coef = np.einsum("ij,cjk,lk->cil", dy, resid, dx)
     n_bands = int(bands.max()) + 1
-    allowed = min(budget, max(int(budget * share), 0)) - _CHUNK_OVERHEAD
-    for delta_code in range(0, 128):
-        step = delta * 2.0 ** (delta_code / 4)
-        rms = np.stack([[np.sqrt(np.mean(coef[c][bands == b] ** 2)) for b in range(n_bands)]
-                        for c in range(g.channels)])
-        band_levels = np.clip(entropy.scale_levels(rms / step), -128, 127)
-        symbols = quantize(coef, step).reshape(-1)
-        words = entropy.encode(symbols, _base_levels(bands, band_levels, g.channels))
-        params = _base_params(delta_code, band_levels)
-        if len(words) + len(params) <= allowed:
-            _base_apply(state, symbols, step)
-            return DataChunk(0, g.count * g.channels, _base_check(state), params, words)
-    raise BudgetError(f"the budget of {budget} bytes for data cannot hold the base layer; raise rate/max_bytes")
+    # Prefer a base within `share` of the budget; for tiny budgets let it take everything.
+    for allowed in (int(budget * share) - _CHUNK_OVERHEAD, budget - _CHUNK_OVERHEAD):
+        for delta_code in range(0, 128, 2):
+            step = delta * 2.0 ** (delta_code / 4)
+            rms = np.stack([[np.sqrt(np.mean(coef[c][bands == b] ** 2)) for b in range(n_bands)]
+                            for c in range(g.channels)])
+            band_levels = np.clip(entropy.scale_levels(rms / step), -128, 127)
+            symbols = quantize(coef, step).reshape(-1)
+            words = entropy.encode(symbols, _base_levels(bands, band_levels, g.channels))
+            params = _base_params(delta_code, band_levels)
+            if len(words) + len(params) <= allowed:
+                _base_apply(state, symbols, step)
+                return DataChunk(0, g.count * g.channels, _base_check(state), params, words)
+    raise BudgetError(f"{budget} bytes left for data cannot hold the base layer; raise rate/max_bytes")
 
 
 def _decode_base(state: SensingState, chunk: DataChunk) -> None:
@@ -409,9 +410,12 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
     psc = PSCFile(header, zlib.compress(alpha.tobytes(), 9) if alpha is not None else None,
                   {k: v for k, v in (metadata or {}).items() if v})
     remaining = budget - len(psc.to_bytes())
+    if remaining <= _CHUNK_OVERHEAD:
+        raise BudgetError(f"a budget of {budget} bytes does not exceed the {len(psc.to_bytes())}-byte header and "
+                          "metadata; raise rate/max_bytes")
 
     state = SensingState(header, prior, progress)
-    x = torch.from_numpy(np.ascontiguousarray(colour)).permute(2, 0, 1)[None].float().div(255).to(prior.device)
+    x = torch.from_numpy(np.array(colour)).permute(2, 0, 1)[None].float().div(255).to(prior.device)
     if channels != prior.pixel_channels:
         x = x.expand(1, 3, h, w)
     with torch.no_grad():

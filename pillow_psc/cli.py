@@ -1,0 +1,130 @@
+"""`psc` command line: encode, decode, info (and bench). Every command is callable as main(argv)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from . import codec
+from .container import SIGNATURE, count_data_chunks, read_file
+from .errors import PSCError
+
+
+@contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".psc-", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _encode(args: argparse.Namespace) -> None:
+    from .pillow_plugin import codable_image
+    with Image.open(args.input) as im:
+        im.load()
+        image = codable_image(im)
+        metadata = {k: im.info[k] for k in ("icc_profile", "exif", "xmp") if im.info.get(k)}
+    config = codec.CodecConfig(**({"samples": args.samples} if args.samples else {}))
+    import numpy as np
+    result = codec.encode(np.asarray(image), rate=args.rate, max_bytes=args.max_bytes, model=args.model,
+                          prompt=args.prompt, seed=args.seed, device=args.device, config=config,
+                          metadata={k: v.encode() if isinstance(v, str) else bytes(v) for k, v in metadata.items()},
+                          progress=True)
+    with atomic_output(args.output) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(result.data)
+    w, h = image.size
+    print(f"{args.output}: {len(result.data)} bytes, {8 * len(result.data) / (w * h):.4f} bpp, {result.steps} steps",
+          file=sys.stderr)
+
+
+def _decode(args: argparse.Namespace) -> None:
+    with open(args.input, "rb") as f:
+        data = f.read()
+    decoded = codec.decode_array(data, mode=args.mode, steps=args.steps, device=args.device, progress=True)
+    image = Image.fromarray(decoded.pixels)
+    with atomic_output(args.output) as tmp:
+        image.save(tmp, format=Image.registered_extensions().get(os.path.splitext(args.output)[1].lower(), "PNG"))
+
+
+def _info(args: argparse.Namespace) -> None:
+    with open(args.input, "rb") as f:
+        psc = read_file(f, header_only=True)
+        f.seek(len(SIGNATURE))
+        steps, complete = count_data_chunks(f)
+        size = f.seek(0, os.SEEK_END)
+    h = psc.header
+    info = {
+        "width": h.width, "height": h.height, "mode": h.mode, "bytes": size, "bpp": 8 * size / (h.width * h.height),
+        "format_version": h.version, "model": h.prior_id, "model_sha256": h.model_sha256.hex(), "seed": h.seed,
+        "prompt": h.prompt, "sampler": h.sampler, "sampler_steps": h.sampler_steps, "samples": h.samples,
+        "eta": h.eta, "sigma_max": h.sigma_max, "sigma_min": h.sigma_min, "output_samples": h.output_samples,
+        "tile": h.tile, "window": h.window, "margin": h.margin, "float8": h.float8, "delta": h.delta,
+        "rows_per_step": h.rows_per_step, "steps": steps, "truncated": not complete,
+        "metadata": sorted(psc.metadata),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:15} {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="psc", description="Encode, decode and inspect .psc images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    enc = sub.add_parser("encode", help="compress an image (any format Pillow reads) to .psc")
+    enc.add_argument("input")
+    enc.add_argument("output")
+    enc.add_argument("--rate", type=float, help=f"bits per pixel of the whole file (default {codec.DEFAULT_RATE})")
+    enc.add_argument("--max-bytes", type=int, help="hard limit on the file size")
+    enc.add_argument("--model", help="prior: ffdnet (default), diffusers-pixel:<id|dir>, sd:<id|dir>")
+    enc.add_argument("--prompt", default="", help="text prompt (Stable Diffusion priors)")
+    enc.add_argument("--seed", type=int, default=0)
+    enc.add_argument("--samples", type=int, help="posterior samples per step (default 8)")
+    enc.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
+    enc.set_defaults(run=_encode)
+    dec = sub.add_parser("decode", help="decode a .psc file to any format Pillow writes (by extension)")
+    dec.add_argument("input")
+    dec.add_argument("output")
+    dec.add_argument("--mode", choices=["mean", "sample"], default="mean",
+                     help="mean: lowest distortion; sample: one posterior sample (sharper)")
+    dec.add_argument("--steps", type=int, help="decode only the first K steps")
+    dec.add_argument("--device", default="auto")
+    dec.set_defaults(run=_decode)
+    inf = sub.add_parser("info", help="print the header of a .psc file")
+    inf.add_argument("input")
+    inf.add_argument("--json", action="store_true")
+    inf.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 bad input or failure, 2 usage error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (PSCError, UnidentifiedImageError, OSError, ValueError) as exc:
+        print(f"psc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("psc: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
