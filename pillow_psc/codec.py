@@ -316,9 +316,11 @@ def _encode_step(state: SensingState, step: int, signal_tiles: torch.Tensor, bud
     resid = truth - prop.mean
     ok = prop.usable
     code = _scale_code(resid[ok] / np.maximum(prop.sigma[ok], 1e-12))
+    if not np.any(ok & (prop.sigma * 2.0 ** (code / 8) > delta / 4)):
+        return None  # the image is pinned down to below the quantizer step: more rows cannot help
     levels = _levels(prop, code, delta)
     symbols = quantize(resid, delta)
-    bits = np.where(ok, 0.0, 0.0)
+    bits = np.zeros(len(symbols))
     bits[ok] = entropy.cost_bits(symbols[ok], levels[ok])
     allowed = budget - _CHUNK_OVERHEAD - 1
     count = int(np.searchsorted(np.ceil(np.cumsum(bits) / 32) * 4 + 4, allowed, side="right"))

@@ -19,7 +19,8 @@ transformers = pytest.importorskip("transformers")
 def _pixel_unet(seed: int) -> "diffusers.UNet2DModel":
     torch.manual_seed(seed)
     return diffusers.UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
-                                 block_out_channels=(32, 64), down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 block_out_channels=(16, 32), norm_num_groups=8,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D"))
 
 
@@ -60,6 +61,16 @@ def _build_sd(root: Path) -> None:
     )).save_pretrained(root / "text_encoder")
     diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
         root / "scheduler")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine lose ~100x with them
+    (every small op waits at a barrier for a descheduled peer thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

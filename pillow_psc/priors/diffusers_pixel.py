@@ -20,6 +20,9 @@ from .base import Prior
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: from_pretrained options for diffusers models: float32, and low_cpu_mem_usage off explicitly, which is what
+#: diffusers falls back to without `accelerate` anyway, minus its warning on every load.
+LOAD_KWARGS = {"torch_dtype": torch.float32, "low_cpu_mem_usage": False}
 
 
 class VPDenoiser:
@@ -78,7 +81,7 @@ def _load_pixel(source: str):
     errors = []
     for kwargs in ({"subfolder": "unet"}, {}):  # pipeline layout first, then a bare model directory
         try:
-            unet = UNet2DModel.from_pretrained(source, torch_dtype=torch.float32, **kwargs)
+            unet = UNet2DModel.from_pretrained(source, **LOAD_KWARGS, **kwargs)
             sched_kwargs = {"subfolder": "scheduler"} if kwargs else {}
             return unet, *schedule_alphas_cumprod(source, **sched_kwargs)
         except (OSError, ValueError) as exc:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import PSCError
 from .base import Prior
-from .diffusers_pixel import VPDenoiser, schedule_alphas_cumprod
+from .diffusers_pixel import LOAD_KWARGS, VPDenoiser, schedule_alphas_cumprod
 
 _MAX_CACHED_PROMPTS = 8
 
@@ -33,8 +33,8 @@ class StableDiffusionPrior(Prior):
         from transformers import CLIPTextModel, CLIPTokenizer
 
         try:
-            self.vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch.float32)
-            self.unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=torch.float32)
+            self.vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **LOAD_KWARGS)
+            self.unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **LOAD_KWARGS)
             self.text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=torch.float32)
             self.tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
             alphas_cumprod, prediction_type = schedule_alphas_cumprod(source, subfolder="scheduler")

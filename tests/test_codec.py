@@ -1,0 +1,113 @@
+"""The PSC codec end to end on the default prior (FFDNet), on real Kodak crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pillow_psc
+from pillow_psc import codec
+from pillow_psc.container import read_file
+
+from conftest import FAST, kodak_crop, psnr
+
+
+@pytest.fixture(scope="module")
+def crop64() -> np.ndarray:
+    return kodak_crop("kodim23", (64, 64))
+
+
+@pytest.fixture(scope="module")
+def encoded64(crop64):
+    return codec.encode(crop64, rate=0.6, config=FAST)
+
+
+def test_rate_is_respected_and_quality_beats_the_base_layer(encoded64, crop64):
+    assert len(encoded64.data) * 8 / crop64[..., 0].size <= 0.6
+    assert encoded64.steps >= 2
+    full = codec.decode_array(encoded64.data)
+    base = codec.decode_array(encoded64.data, steps=1)
+    assert full.steps_decoded == encoded64.steps and base.steps_decoded == 1
+    assert psnr(full.pixels, crop64) > psnr(base.pixels, crop64) + 1.0
+
+
+def test_encoding_is_deterministic(encoded64, crop64):
+    assert codec.encode(crop64, rate=0.6, config=FAST).data == encoded64.data
+
+
+def test_decoder_reproduces_the_encoders_reconstruction(encoded64):
+    assert np.array_equal(codec.decode_array(encoded64.data).pixels, encoded64.reconstruct("mean"))
+    assert np.array_equal(codec.decode_array(encoded64.data, mode="sample").pixels, encoded64.reconstruct("sample"))
+
+
+def test_seed_changes_the_bitstream_but_not_the_size_class(crop64, encoded64):
+    other = codec.encode(crop64, rate=0.6, seed=7, config=FAST).data
+    assert other != encoded64.data
+    assert read_file(other).header.seed == 7
+
+
+def test_max_bytes_is_a_hard_limit(crop64):
+    data = codec.encode_array(crop64, max_bytes=400, config=FAST)
+    assert len(data) <= 400
+
+
+def test_budget_too_small_raises(crop64):
+    with pytest.raises(pillow_psc.BudgetError):
+        codec.encode_array(crop64, max_bytes=60, config=FAST)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (29, 1), (17, 33), (3, 5, 3), (16, 16, 4), (9, 7, 2)])
+def test_any_size_and_channel_count_round_trips(shape):
+    base = kodak_crop("kodim05", (shape[1], shape[0]), "RGB" if len(shape) == 3 and shape[2] >= 3 else "L")
+    pixels = base if len(shape) == 2 or shape[2] in (1, 3) else np.concatenate(
+        [base.reshape(shape[0], shape[1], -1), np.where(np.arange(shape[0])[:, None, None] < shape[0] // 2, 255, 0).astype(np.uint8).repeat(shape[1], 1)], 2)
+    data = codec.encode_array(pixels, max_bytes=400, config=FAST)
+    out = codec.decode_array(data).pixels
+    assert out.shape == pixels.shape and out.dtype == np.uint8
+    if pixels.ndim == 3 and pixels.shape[2] in (2, 4):
+        assert np.array_equal(out[..., -1], pixels[..., -1]), "alpha must be lossless"
+
+
+def test_grey_images_use_the_grey_prior():
+    grey = kodak_crop("kodim23", (48, 32), "L")
+    data = codec.encode_array(grey, rate=1.0, config=FAST)
+    assert read_file(data).header.prior_id == "ffdnet-gray"
+    assert psnr(codec.decode_array(data).pixels, grey) > 20
+
+
+def test_bad_arguments_raise_clear_errors(crop64):
+    with pytest.raises(ValueError):
+        codec.encode_array(crop64.astype(np.float32), rate=0.5)
+    with pytest.raises(ValueError):
+        codec.encode_array(crop64, rate=-1)
+    with pytest.raises(ValueError):
+        codec.encode_array(np.zeros((4, 4, 5), np.uint8), rate=1)
+    with pytest.raises(ValueError):
+        codec.encode_array(crop64, rate=1, model="no-such-model")
+
+
+def test_wrong_model_is_refused(encoded64):
+    with pytest.raises(pillow_psc.ModelMismatchError, match="ffdnet-color"):
+        codec.decode_array(encoded64.data, model="ffdnet-gray")
+
+
+def test_decode_options_are_validated(encoded64):
+    with pytest.raises(ValueError):
+        codec.decode_array(encoded64.data, mode="median")
+    with pytest.raises(ValueError):
+        codec.decode_array(encoded64.data, steps=0)
+
+
+def test_acceptance_kodak_128_at_quarter_bpp():
+    """Issue #2 acceptance: a 128x128 Kodak crop at rate 0.25 on the default prior, via Pillow."""
+    import io
+    from PIL import Image
+    crop = kodak_crop("kodim23", (128, 128))
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, format="PSC", rate=0.25)
+    bpp = buf.tell() * 8 / (128 * 128)
+    decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    quality = psnr(decoded, crop)
+    print(f"kodim23 128x128 centre crop at rate 0.25: {bpp:.4f} bpp, PSNR {quality:.2f} dB")
+    assert bpp <= 0.25
+    assert quality > 27.0
