@@ -1,0 +1,45 @@
+"""The `psc` command line, called as main(argv)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from pillow_psc.cli import main
+
+from conftest import kodak_crop, psnr
+
+
+def test_encode_info_decode(tmp_path, capsys):
+    src = tmp_path / "in.png"
+    crop = kodak_crop("kodim23", (48, 40))
+    Image.fromarray(crop).save(src)
+    out = tmp_path / "out.psc"
+    assert main(["encode", str(src), str(out), "--rate", "2", "--seed", "5", "--samples", "4"]) == 0
+    assert out.stat().st_size * 8 <= 2 * 48 * 40
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["width"], info["height"], info["mode"], info["seed"], info["samples"]) == (48, 40, "RGB", 5, 4)
+    assert info["steps"] >= 2 and info["truncated"] is False
+    assert main(["info", str(out)]) == 0 and "model_sha256" in capsys.readouterr().out
+    png = tmp_path / "dec.png"
+    assert main(["decode", str(out), str(png), "--mode", "sample", "--steps", "2"]) == 0
+    assert psnr(np.asarray(Image.open(png)), crop) > 18
+
+
+def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
+    bad = tmp_path / "bad.psc"
+    bad.write_bytes(b"not a psc file at all")
+    target = tmp_path / "x.png"
+    assert main(["decode", str(bad), str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("psc: error:") and err.count("\n") == 1
+    assert not target.exists()
+    assert main(["info", str(tmp_path / "missing.psc")]) == 1
+    src = tmp_path / "in.png"
+    Image.fromarray(kodak_crop("kodim23", (48, 40))).save(src)
+    assert main(["encode", str(src), str(tmp_path / "y.psc"), "--max-bytes", "40"]) == 1
+    assert not (tmp_path / "y.psc").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".psc-")], "temporary files must be removed"
