@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from . import codec
+from . import bench, codec
 from .container import SIGNATURE, count_data_chunks, read_file
 from .errors import PSCError
 
@@ -83,6 +83,10 @@ def _info(args: argparse.Namespace) -> None:
             print(f"{key:15} {value}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    bench.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="psc", description="Encode, decode and inspect .psc images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("input")
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(run=_info)
+    ben = sub.add_parser(
+        "bench", help="rate-distortion and speed benchmark of PSC against JPEG, WebP, AVIF, JPEG XL, JPEG 2000",
+        description="Benchmark on Kodak; writes OUT/bench.json and RD plots, prints a Markdown table. Without "
+                    "--quick it runs all 24 photos at full size: hours on a CPU (meant for a GPU).")
+    which = ben.add_mutually_exclusive_group()
+    which.add_argument("--images", nargs="+", metavar="NAME", help="Kodak names, e.g. kodim01 kodim23")
+    which.add_argument("--all", action="store_true", help="every kodim*.png (the default without --quick)")
+    ben.add_argument("--crop", type=int, metavar="N", help="centre crop N x N (default: full size)")
+    ben.add_argument("--rates", type=float, nargs="+", metavar="BPP",
+                     help=f"target bits per pixel (default {' '.join(map(str, bench.DEFAULT_RATES))})")
+    ben.add_argument("--codecs", nargs="+", choices=bench.CODECS, help="default: all")
+    ben.add_argument("--quick", action="store_true",
+                     help="2 images, 176 px centre crops, 4 rates, PSC with 4 samples, 3 sampler steps and 2 "
+                          "output samples: a few minutes on a 2-core CPU; explicit options override these")
+    ben.add_argument("--samples", type=int, help="PSC posterior samples per step")
+    ben.add_argument("--sampler-steps", type=int, help="PSC denoiser evaluations per sample")
+    ben.add_argument("--device", default="auto", help="PSC device: auto (CUDA if present), cpu, cuda, ...")
+    ben.add_argument("--out", default="psc-bench", help="output directory (default psc-bench)")
+    ben.add_argument("--kodak", help="Kodak directory (default $PSC_KODAK, else ../shared/data/kodak)")
+    ben.set_defaults(run=_bench)
     return parser
 
 

@@ -399,8 +399,10 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
     budget = min(limits + ([max_bytes] if max_bytes is not None else []))
     model_id = canonical_model_id(model, channels)
     prior = load_prior(model_id, device)
-    if channels != prior.pixel_channels and prior.pixel_channels != 3:
+    if not _channels_fit(channels, prior):
         raise ValueError(f"model {model_id} codes {prior.pixel_channels}-channel images, not {channels}-channel")
+    if (cfg.tile or prior.tile) % prior.tile_multiple:
+        raise ValueError(f"model {model_id} needs a tile size that is a multiple of {prior.tile_multiple}")
     header = Header(
         width=w, height=h, channels=channels, has_alpha=alpha is not None, prior_id=prior.id,
         model_sha256=prior.sha256, seed=seed, prompt=prompt, sampler=SAMPLER,
@@ -457,11 +459,19 @@ def decode_array(data: bytes, *, mode: str = "mean", steps: int | None = None, d
     header = psc.header
     if not psc.data:
         raise NoDataError("the file holds no complete DATA chunk (truncated before the first step)")
-    prior = _load_matching_prior(header, model, device)
-    state = SensingState(header, prior, progress)
-    use = psc.data[:steps] if steps is not None else psc.data
     if steps is not None and steps < 1:
         raise ValueError("steps must be at least 1")
+    prior = _load_matching_prior(header, model, device)
+    try:
+        return _decode_chunks(psc, prior, mode, steps, progress)
+    except RuntimeError as exc:  # a tensor op refused values no encoder writes: report a bad file, not a crash
+        raise CorruptFileError(f"the file's parameters cannot be decoded: {exc}") from exc
+
+
+def _decode_chunks(psc: PSCFile, prior: Prior, mode: str, steps: int | None, progress: bool) -> Decoded:
+    header = psc.header
+    state = SensingState(header, prior, progress)
+    use = psc.data[:steps] if steps is not None else psc.data
     _decode_base(state, use[0])
     decoded, desync = 1, None
     with _progress(progress, "decode", len(use)) as bar:
@@ -470,7 +480,7 @@ def decode_array(data: bytes, *, mode: str = "mean", steps: int | None = None, d
             try:
                 _decode_step(state, chunk)
             except DesyncError as exc:
-                warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+                warnings.warn(str(exc), RuntimeWarning, stacklevel=3)
                 desync = chunk.step
                 break
             decoded += 1
@@ -493,6 +503,11 @@ def _finish_pixels(colour: np.ndarray, header: Header, alpha: bytes | None) -> n
     return colour[:, :, 0] if colour.shape[2] == 1 else colour
 
 
+def _channels_fit(channels: int, prior: Prior) -> bool:
+    """Grey images can go through colour priors (replicated); colour images need a colour prior."""
+    return channels == prior.pixel_channels or prior.pixel_channels == 3
+
+
 def _load_matching_prior(header: Header, model: str | None, device: str) -> Prior:
     model_id = model or header.prior_id
     try:
@@ -503,6 +518,9 @@ def _load_matching_prior(header: Header, model: str | None, device: str) -> Prio
         raise ModelMismatchError(
             f"this file needs model {header.prior_id!r} with weights sha256 {header.model_sha256.hex()[:16]}...; "
             f"the loaded model {prior.id!r} has {prior.sha256.hex()[:16]}...")
+    if not _channels_fit(header.channels, prior) or header.tile % prior.tile_multiple:
+        raise CorruptFileError(f"header declares {header.channels} channels and tile {header.tile}, which model "
+                               f"{prior.id!r} cannot code")
     return prior
 
 

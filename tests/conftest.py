@@ -41,6 +41,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="rewrite format_spec/vectors (files and expected.json) instead of checking them")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tests run tiny images: one intra-op thread gives identical results and, on a busy 2-core machine, avoids
+    ~100x slowdowns (every small op waiting at a barrier for a descheduled peer thread)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def regen_vectors(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--regen-vectors"))

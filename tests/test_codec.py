@@ -111,3 +111,24 @@ def test_acceptance_kodak_128_at_quarter_bpp():
     print(f"kodim23 128x128 centre crop at rate 0.25: {bpp:.4f} bpp, PSNR {quality:.2f} dB")
     assert bpp <= 0.25
     assert quality > 27.0
+
+
+def test_odd_tile_for_ffdnet_is_refused():
+    import dataclasses
+    with pytest.raises(ValueError, match="multiple of 2"):
+        codec.encode_array(kodak_crop("kodim23", (5, 5), "L"), max_bytes=400,
+                           config=dataclasses.replace(FAST, tile=5))
+
+
+def test_header_channels_that_the_model_cannot_code_are_corrupt():
+    import struct
+    import zlib
+    from pillow_psc.container import SIGNATURE
+    data = bytearray(codec.encode_array(kodak_crop("kodim23", (16, 16), "L"), max_bytes=400, config=FAST))
+    (length,) = struct.unpack(">I", data[8:12])
+    head = 12
+    data[head + 9] = 3  # channels: 1 -> 3, with a valid CRC
+    data[head + length:head + length + 4] = struct.pack(">I", zlib.crc32(bytes(data[head - 4:head + length])))
+    assert data[:8] == SIGNATURE
+    with pytest.raises(pillow_psc.CorruptFileError):
+        codec.decode_array(bytes(data))

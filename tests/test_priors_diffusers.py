@@ -63,16 +63,6 @@ def _build_sd(root: Path) -> None:
         root / "scheduler")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine lose ~100x with them
-    (every small op waits at a barrier for a descheduled peer thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """pipe: pipeline layout; bare: top-level config.json + scheduler_config.json (other weights); sd: SD."""

@@ -56,16 +56,6 @@ NAMES = _names()
 _state = {"regenerated": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One torch thread: identical results (checked when the vectors were built), and on a busy 2-core machine
-    intra-op threading makes these tiny convolutions ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _default_decode_options():
     previous = pillow_psc.set_decode_options(mode="mean", steps=None, device="cpu")

@@ -32,6 +32,8 @@ class Prior(ABC):
     sampler_steps: int = 6
     #: Pixels per signal sample along each axis (8 for an SD latent).
     downscale: int = 1
+    #: The tile side must be a multiple of this (FFDNet works on 2x2 pixel blocks).
+    tile_multiple: int = 1
 
     def __init__(self, device: torch.device):
         self.device = device

@@ -74,6 +74,7 @@ class FFDNetPrior(Prior):
 
     signal_mean = 0.5
     tile = 16
+    tile_multiple = 2
     sigma_max = 75 / 255
     sigma_min = 1.5 / 255
     sampler_steps = 6
