@@ -63,6 +63,7 @@ class Decoded:
     steps_decoded: int
     truncated: bool
     desync_step: int | None = None
+    evaluations: int = 0  # denoiser evaluations spent decoding
 
 
 @dataclass
@@ -90,12 +91,17 @@ class SensingState:
         ds = prior.downscale
         self.grid = TileGrid(prior.channels, math.ceil(header.height / ds), math.ceil(header.width / ds), header.tile)
         self.mask = self.grid.masks(self.device)
-        self.denoise = prior.denoiser(header.prompt)
+        self._denoise = prior.denoiser(header.prompt)
+        self.evaluations = 0  # denoiser evaluations (images through the network), for benchmarks
         self.sigmas = karras_sigmas(header.sampler_steps, header.sigma_max, header.sigma_min)
         self.rows = torch.zeros(0, self.grid.dim, device=self.device)
         self.tile_of = torch.zeros(0, dtype=torch.long)
         self.meas = torch.zeros(0, device=self.device)
         self.progress = progress
+
+    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.evaluations += x.shape[0]
+        return self._denoise(x, sigma)
 
     # -- geometry -------------------------------------------------------------------------------------------
     def windows(self) -> Iterator[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
@@ -486,7 +492,7 @@ def _decode_chunks(psc: PSCFile, prior: Prior, mode: str, steps: int | None, pro
             decoded += 1
             bar.update(1)
     pixels = _finish_pixels(state.reconstruct(mode), header, psc.alpha)
-    return Decoded(pixels, header, len(psc.data), decoded, psc.truncated, desync)
+    return Decoded(pixels, header, len(psc.data), decoded, psc.truncated, desync, state.evaluations)
 
 
 def _finish_pixels(colour: np.ndarray, header: Header, alpha: bytes | None) -> np.ndarray:
