@@ -34,15 +34,19 @@ VECTORS = HERE / "vectors"
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
 
 
-def _conftest():
-    """tests/conftest.py (for kodak_crop, FAST and psnr), loaded under a private name."""
-    name = "_psc_vectors_conftest"
+def load_file_module(path: Path, name: str):
+    """Import a .py file by path under `name` (once); the spec tools and tests/conftest.py are not packages."""
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "conftest.py")
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def _conftest():
+    """tests/conftest.py (for kodak_crop, FAST and psnr), loaded under a private name."""
+    return load_file_module(REPO / "tests" / "conftest.py", "_psc_vectors_conftest")
 
 
 # -- raw chunk surgery (independent of pillow_psc.container on purpose) -------------------------------------------
@@ -273,12 +277,7 @@ def _as3d(pixels: np.ndarray) -> np.ndarray:
 
 
 def _module(name: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_file_module(HERE / f"{name}.py", name)
 
 
 def entropy_tables_sha256() -> str:

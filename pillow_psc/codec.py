@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import entropy
 from .container import DataChunk, Header, PSCFile, pack_chunk, read_file
-from .errors import BudgetError, CorruptFileError, DesyncError, ModelMismatchError, NoDataError, PSCError
+from .errors import BudgetError, CorruptFileError, DesyncError, ModelMismatchError, NoDataError
 from .priors import Prior, canonical_model_id, load_prior
 from .quantize import dequantize, quantize
 from .rows import TileGrid, base_rows, dct_bands, dct_matrix, orthonormalise, principal_directions

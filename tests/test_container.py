@@ -4,7 +4,6 @@ limits; and that the container module does not need torch. No codec, no model: t
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import json
 import struct
@@ -23,13 +22,8 @@ VECTORS = REPO / "format_spec" / "vectors"
 
 
 def _hexdump():
-    name = "psc_hexdump"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "format_spec" / "hexdump.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    from test_vectors import make_vectors
+    return make_vectors.load_file_module(REPO / "format_spec" / "hexdump.py", "psc_hexdump")
 
 
 def header(**changes) -> C.Header:

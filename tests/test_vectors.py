@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, UnidentifiedImageError
 
 import pillow_psc
@@ -33,6 +32,7 @@ PSNR_TOLERANCE_DB = 0.5  # a new complete step may cost at most this much PSNR (
 
 
 def _load(name: str):
+    """The spec's tools (format_spec/*.py) by file path: format_spec is not a package."""
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, SPEC / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
