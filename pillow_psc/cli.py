@@ -54,7 +54,8 @@ def _encode(args: argparse.Namespace) -> None:
 def _decode(args: argparse.Namespace) -> None:
     with open(args.input, "rb") as f:
         data = f.read()
-    decoded = codec.decode_array(data, mode=args.mode, steps=args.steps, device=args.device, progress=True)
+    decoded = codec.decode_array(data, mode=args.mode, steps=args.steps, device=args.device,
+                                 strict=args.strict, progress=True)
     image = Image.fromarray(decoded.pixels)
     with atomic_output(args.output) as tmp:
         image.save(tmp, format=Image.registered_extensions().get(os.path.splitext(args.output)[1].lower(), "PNG"))
@@ -87,6 +88,12 @@ def _bench(args: argparse.Namespace) -> None:
     bench.main(args)
 
 
+def _fuzz(args: argparse.Namespace) -> None:
+    from . import fuzz
+    if fuzz.main(args):
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="psc", description="Encode, decode and inspect .psc images.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="mean: lowest distortion; sample: one posterior sample (sharper)")
     dec.add_argument("--steps", type=int, help="decode only the first K steps")
     dec.add_argument("--device", default="auto")
+    dec.add_argument("--strict", action="store_true",
+                     help="fail (exit 1) if the decoder drifts from the encoder, instead of writing the image of "
+                          "the verified steps with a warning")
     dec.set_defaults(run=_decode)
     inf = sub.add_parser("info", help="print the header of a .psc file")
     inf.add_argument("input")
@@ -125,20 +135,38 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"target bits per pixel (default {' '.join(map(str, bench.DEFAULT_RATES))})")
     ben.add_argument("--codecs", nargs="+", choices=bench.CODECS, help="default: all")
     ben.add_argument("--quick", action="store_true",
-                     help="2 images, 176 px centre crops, 4 rates, PSC with 4 samples, 3 sampler steps and 2 "
-                          "output samples: a few minutes on a 2-core CPU; explicit options override these")
+                     help="4 images, 256 px centre crops, rates 0.05 0.1 0.2, PSC with 4 samples, 3 sampler steps "
+                          "and 2 output samples: about 10 minutes on a 2-core CPU; explicit options override these")
     ben.add_argument("--samples", type=int, help="PSC posterior samples per step")
     ben.add_argument("--sampler-steps", type=int, help="PSC denoiser evaluations per sample")
     ben.add_argument("--device", default="auto", help="PSC device: auto (CUDA if present), cpu, cuda, ...")
+    ben.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ben.add_argument("--out", default="psc-bench", help="output directory (default psc-bench)")
     ben.add_argument("--kodak", help="Kodak directory (default $PSC_KODAK, else ../shared/data/kodak)")
+    ben.add_argument("--readme", metavar="FILE",
+                     help="regenerate the Results block (between the psc-bench markers) of this README")
     ben.set_defaults(run=_bench)
+    fuz = sub.add_parser(
+        "fuzz", help="mutation-fuzz the reader and decoder with corrupted copies of the conformance vectors",
+        description="Each case mutates a vector (most keep CRCs valid so the corruption reaches the parsers and "
+                    "the decoder) and must decode to the header's size/mode or raise a documented PSCError, "
+                    "within a time limit. Prints a summary; exit status 1 if any case failed.")
+    fuz.add_argument("--cases", type=int, default=1000)
+    fuz.add_argument("--seed", type=int, default=0)
+    fuz.add_argument("--start", type=int, default=0, help="first case index (to resume or shard a campaign)")
+    fuz.add_argument("--corpus", help="directory of .psc seed files (default format_spec/vectors)")
+    fuz.add_argument("--out", help="write report.json and failing inputs (failures/) here")
+    fuz.add_argument("--time-limit", type=float, default=60.0, help="seconds per case (default 60)")
+    fuz.add_argument("--replay", nargs="+", metavar="FILE", help="check saved inputs in-process instead")
+    fuz.set_defaults(run=_fuzz)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 bad input or failure, 2 usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.run(args)
     except (PSCError, UnidentifiedImageError, OSError, ValueError) as exc:

@@ -452,12 +452,13 @@ def encode_array(pixels: np.ndarray, **kwargs) -> bytes:
 
 
 def decode_array(data: bytes, *, mode: str = "mean", steps: int | None = None, device: str = "auto",
-                 model: str | None = None, progress: bool = False) -> Decoded:
+                 model: str | None = None, strict: bool = False, progress: bool = False) -> Decoded:
     """Decode a .psc file (possibly truncated) to uint8 pixels.
 
     `steps` limits how many data chunks are used (None: all). A decoder whose model hash differs from the
     file's raises ModelMismatchError. If the decoder's state drifts from the encoder's (another machine or
-    library version), decoding stops at the last consistent step with a warning (`desync_step` is set).
+    library version), decoding stops at the last consistent step with a warning (`desync_step` is set), or,
+    with `strict=True`, raises DesyncError.
     """
     if mode not in ("mean", "sample"):
         raise ValueError(f"decode mode must be 'mean' or 'sample', not {mode!r}")
@@ -469,12 +470,13 @@ def decode_array(data: bytes, *, mode: str = "mean", steps: int | None = None, d
         raise ValueError("steps must be at least 1")
     prior = _load_matching_prior(header, model, device)
     try:
-        return _decode_chunks(psc, prior, mode, steps, progress)
+        return _decode_chunks(psc, prior, mode, steps, strict, progress)
     except RuntimeError as exc:  # a tensor op refused values no encoder writes: report a bad file, not a crash
         raise CorruptFileError(f"the file's parameters cannot be decoded: {exc}") from exc
 
 
-def _decode_chunks(psc: PSCFile, prior: Prior, mode: str, steps: int | None, progress: bool) -> Decoded:
+def _decode_chunks(psc: PSCFile, prior: Prior, mode: str, steps: int | None, strict: bool,
+                   progress: bool) -> Decoded:
     header = psc.header
     state = SensingState(header, prior, progress)
     use = psc.data[:steps] if steps is not None else psc.data
@@ -486,6 +488,8 @@ def _decode_chunks(psc: PSCFile, prior: Prior, mode: str, steps: int | None, pro
             try:
                 _decode_step(state, chunk)
             except DesyncError as exc:
+                if strict:
+                    raise
                 warnings.warn(str(exc), RuntimeWarning, stacklevel=3)
                 desync = chunk.step
                 break

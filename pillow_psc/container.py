@@ -256,6 +256,17 @@ def count_data_chunks(fp: BinaryIO) -> tuple[int, bool]:
     return count, False
 
 
+def step_prefix_lengths(data: bytes) -> list[int]:
+    """Length of the shortest prefix of `data` that holds k complete DATA chunks, for k = 1, 2, ...
+
+    By the truncation rule each such prefix decodes to the step-k image: these are the file's quality layers.
+    """
+    fp = io.BytesIO(data)
+    if fp.read(len(SIGNATURE)) != SIGNATURE:
+        raise NotPSCError("not a PSC file (bad signature)")
+    return [fp.tell() for ctype, _ in iter_chunks(fp, verify=False) if ctype == DATA]
+
+
 class _Reader:
     def __init__(self, data: bytes):
         self.data, self.pos = data, 0

@@ -13,6 +13,7 @@ class DecodeOptions:
     mode: str = "mean"  # "mean": average of posterior samples (lowest distortion); "sample": one sample
     device: str = "auto"
     steps: int | None = None  # decode only the first `steps` data chunks (None: all)
+    strict: bool = False  # raise DesyncError instead of returning the verified prefix with a warning
 
 
 _lock = threading.Lock()
@@ -20,12 +21,12 @@ _current = DecodeOptions()
 
 
 def set_decode_options(**changes) -> DecodeOptions:
-    """Change how .psc files are decoded from now on (mode, device, steps); returns the previous options.
+    """Change how .psc files are decoded from now on (mode, device, steps, strict); returns the previous options.
 
     Example: ``pillow_psc.set_decode_options(mode="sample", steps=4)``.
     """
     global _current
-    unknown = set(changes) - {"mode", "device", "steps"}
+    unknown = set(changes) - {"mode", "device", "steps", "strict"}
     if unknown:
         raise TypeError(f"unknown decode option(s): {', '.join(sorted(unknown))}")
     if "mode" in changes and changes["mode"] not in _VALID_MODES:

@@ -50,7 +50,8 @@ class PscImageFile(ImageFile.ImageFile):
         if self._im is None or self.info.get("steps_decoded") == 0:
             opts = get_decode_options()
             self.fp.seek(0)
-            decoded = codec.decode_array(self.fp.read(), mode=opts.mode, steps=opts.steps, device=opts.device)
+            decoded = codec.decode_array(self.fp.read(), mode=opts.mode, steps=opts.steps, device=opts.device,
+                                         strict=opts.strict)
             self.load_prepare()
             self.frombytes(np.ascontiguousarray(decoded.pixels).tobytes())
             self.info["steps_decoded"] = decoded.steps_decoded
