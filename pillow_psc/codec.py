@@ -170,7 +170,7 @@ class SensingState:
             yield ids[keep], tiles[keep.to(tiles.device)]
 
     def propose(self, step: int) -> _Proposal:
-        """Candidate rows for `step` >= 1: per-tile principal directions, globally sorted by spread."""
+        """Candidate rows for `step` >= 1: per-tile principal directions, globally sorted by snapped spread."""
         g, s = self.grid, self.header.samples
         means = torch.zeros(g.count, g.dim, device=self.device)
         dirs = torch.zeros(g.count, s - 1, g.dim, device=self.device)
@@ -179,7 +179,10 @@ class SensingState:
             means[ids], dirs[ids], spread[ids] = principal_directions(tiles)
         rate = self.header.rows_per_step[min(step, len(self.header.rows_per_step)) - 1]
         count = min(max(1, round(rate * g.count)), g.count * (s - 1))
-        order = torch.argsort(spread.flatten().cpu(), descending=True, stable=True)[:count]
+        # rank by snapped level, not raw spread: float drift between machines below one level step cannot
+        # reorder the candidates (drift across a level changes the check value and is detected)
+        levels = torch.from_numpy(entropy.scale_levels(spread.flatten().double().cpu().numpy() / self.header.delta))
+        order = torch.argsort(-levels, stable=True)[:count]
         tile_of, cand = order // (s - 1), order % (s - 1)
         rows, usable = self._orthonormalise(tile_of, dirs[tile_of, cand])
         mean = (rows.double() * means[tile_of].double()).sum(-1)

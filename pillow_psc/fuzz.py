@@ -305,13 +305,17 @@ def m_head_field(ctx: _Ctx) -> str:
     return f"head_field {name}: {value!r} -> {new!r}"
 
 
-def m_data_field(ctx: _Ctx) -> str:
+def _pick_data(ctx: _Ctx) -> int | None:
+    """A random DATA chunk long enough to hold its fixed fields (None: mutate some other payload instead)."""
     i = ctx.pick(b"DATA")
+    return i if i is not None and len(ctx.doc.chunks[i].payload) >= 12 else None
+
+
+def m_data_field(ctx: _Ctx) -> str:
+    i = _pick_data(ctx)
     if i is None:
         return m_payload_bytes(ctx)
     rng, c = ctx.rng, ctx.doc.chunks[i]
-    if len(c.payload) < 12:
-        return m_payload_bytes(ctx)
     step, rows, check, m = struct.unpack(">HIIH", c.payload[:12])
     params, words = c.payload[12:12 + m], c.payload[12 + m:]
     what = rng.choice(["step", "rows", "rows", "check", "m", "params", "params", "words_len"])
@@ -339,12 +343,10 @@ def m_data_field(ctx: _Ctx) -> str:
 
 
 def m_words(ctx: _Ctx) -> str:
-    i = ctx.pick(b"DATA")
+    i = _pick_data(ctx)
     if i is None:
         return m_payload_bytes(ctx)
     rng, c = ctx.rng, ctx.doc.chunks[i]
-    if len(c.payload) < 12:
-        return m_payload_bytes(ctx)
     m = struct.unpack(">H", c.payload[10:12])[0]
     head, words = c.payload[:12 + m], bytearray(c.payload[12 + m:])
     op = rng.choice(["flip", "flip", "zero", "ones", "shuffle", "drop", "add", "random"])
