@@ -34,6 +34,7 @@ SAMPLER = "ddnm"
 OUTPUT_STEP = 0xFFFF  # step id used to seed the final (output) sampling
 DEFAULT_RATE = 0.2
 _CHUNK_OVERHEAD = 12 + 12  # chunk frame + DATA fixed fields
+ORTHONORMALISE_CHUNK_TILES = 512  # tiles orthonormalised together (bounds memory; results do not depend on it)
 
 
 @dataclass
@@ -190,7 +191,19 @@ class SensingState:
                          usable.cpu().numpy())
 
     def _orthonormalise(self, tile_of: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Orthonormalise new rows against their tile's rows and the new rows ahead of them in the list."""
+        """Orthonormalise new rows against their tile's rows and the new rows ahead of them in the list.
+
+        Tiles are independent, so they go in chunks: the (tiles, rows per tile, dim) float64 temporaries stay
+        bounded on large images instead of growing with the whole image.
+        """
+        out = torch.zeros_like(new)
+        usable = torch.zeros(len(tile_of), dtype=torch.bool, device=self.device)
+        for chunk in torch.split(torch.unique(tile_of), ORTHONORMALISE_CHUNK_TILES):
+            pick = torch.nonzero(torch.isin(tile_of, chunk)).flatten()  # ascending: list order is kept
+            out[pick], usable[pick] = self._orthonormalise_tiles(tile_of[pick], new[pick])
+        return out, usable
+
+    def _orthonormalise_tiles(self, tile_of: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         uniq, inverse = torch.unique(tile_of, return_inverse=True)
         existing, _ = self.rows_of_tiles(uniq)
         seen = torch.zeros(len(uniq), dtype=torch.long)

@@ -40,6 +40,12 @@ def test_decoder_reproduces_the_encoders_reconstruction(encoded64):
     assert np.array_equal(codec.decode_array(encoded64.data, mode="sample").pixels, encoded64.reconstruct("sample"))
 
 
+def test_orthonormalising_in_chunks_of_tiles_changes_nothing(crop64, encoded64, monkeypatch):
+    """Large images orthonormalise a few tiles at a time (bounded memory); the bits must not depend on it."""
+    monkeypatch.setattr(codec, "ORTHONORMALISE_CHUNK_TILES", 3)  # 16 tiles: 6 chunks
+    assert codec.encode(crop64, rate=0.6, config=FAST).data == encoded64.data
+
+
 def test_seed_changes_the_bitstream_but_not_the_size_class(crop64, encoded64):
     other = codec.encode(crop64, rate=0.6, seed=7, config=FAST).data
     assert other != encoded64.data
