@@ -126,6 +126,13 @@ SOURCES = [
 ]
 NAMES_GOOD = [s.name for s in SOURCES]
 
+#: Files of earlier format versions, kept verbatim (never re-encoded) with the pixels their encoder reconstructed:
+#: readers must go on decoding them exactly.
+LEGACY = {
+    "v1_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 1 (candidate rows ranked by raw spread)",
+                         "d9d95e5c62381bf9065a58f2f8580296ce952b38e94b46409cf4291eecf040f2"),
+}
+
 
 def source_pixels(src: Source) -> np.ndarray:
     cf = _conftest()
@@ -257,7 +264,7 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_2.psc", replace_head(base, lambda p: p.__setitem__(0, 2)), "format version 2, CRC recomputed",
+        ("version_3.psc", replace_head(base, lambda p: p.__setitem__(0, 3)), "format version 3, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
         ("base_check_mismatch.psc", edit_data(0, bump_check), "check value of DATA step 0 changed, CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
@@ -358,6 +365,8 @@ def build_vectors(out_dir: str | Path = VECTORS) -> dict:
             info[src.name] = (src, enc)
         files = {}
         entries = [(s.name, good[s.name], s.description, {"outcome": "image"}) for s in SOURCES] + derived(good)
+        entries += [(name, (VECTORS / name).read_bytes(), description, {"outcome": "image", "pixels_sha256": sha})
+                    for name, (description, sha) in LEGACY.items()]
         for name, data, description, want in entries:
             entry = {"description": description, "size": len(data), "file_sha256": hashlib.sha256(data).hexdigest()}
             if want["outcome"] == "image":
@@ -371,7 +380,7 @@ def build_vectors(out_dir: str | Path = VECTORS) -> dict:
                 if dec.desync_step is not None:
                     assert any(issubclass(w.category, RuntimeWarning) for w in caught), name
                     entry["warning"] = "RuntimeWarning"
-                for key in ("steps", "truncated", "desync_step"):
+                for key in ("steps", "truncated", "desync_step", "pixels_sha256"):
                     if key in want:
                         assert entry[key] == want[key], (name, key, entry[key], want[key])
                 if name in info:
@@ -411,7 +420,7 @@ def build_vectors(out_dir: str | Path = VECTORS) -> dict:
             if stale.name not in files:
                 stale.unlink()
         expected = {
-            "format_version": 1,
+            "format_version": pillow_psc.container.FORMAT_VERSION,
             "decode": {"mode": "mean", "steps": None, "device": "cpu"},
             "pixels_sha256": "SHA-256 of the decoded uint8 pixels in C order: rows top to bottom, pixels left to "
                              "right, channels interleaved (L | LA | RGB | RGBA, alpha last); equals Image.tobytes()",

@@ -180,10 +180,12 @@ class SensingState:
             means[ids], dirs[ids], spread[ids] = principal_directions(tiles)
         rate = self.header.rows_per_step[min(step, len(self.header.rows_per_step)) - 1]
         count = min(max(1, round(rate * g.count)), g.count * (s - 1))
-        # rank by snapped level, not raw spread: float drift between machines below one level step cannot
-        # reorder the candidates (drift across a level changes the check value and is detected)
-        levels = torch.from_numpy(entropy.scale_levels(spread.flatten().double().cpu().numpy() / self.header.delta))
-        order = torch.argsort(-levels, stable=True)[:count]
+        # version 2 ranks by snapped level, not raw spread: float drift between machines below one level step
+        # cannot reorder the candidates (drift across a level changes the check value and is detected)
+        key = spread.flatten().cpu()
+        if self.header.version >= 2:
+            key = torch.from_numpy(entropy.scale_levels(key.double().numpy() / self.header.delta))
+        order = torch.argsort(key, descending=True, stable=True)[:count]
         tile_of, cand = order // (s - 1), order % (s - 1)
         rows, usable = self._orthonormalise(tile_of, dirs[tile_of, cand])
         mean = (rows.double() * means[tile_of].double()).sum(-1)

@@ -20,7 +20,8 @@ from typing import BinaryIO, Iterator
 from .errors import CorruptFileError, NotPSCError, UnsupportedFileError
 
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written by this build
+READABLE_VERSIONS = (1, 2)  # version 1 ranked candidate rows by raw spread (PSC.md §6.10)
 MAX_DIMENSION = 65535
 MAX_PIXELS = 1 << 28
 MAX_CHUNK_LENGTH = (1 << 31) - 1
@@ -82,8 +83,9 @@ class Header:
     def from_bytes(cls, payload: bytes) -> "Header":
         r = _Reader(payload)
         version, width, height, channels, flags = r.unpack(">BIIBB")
-        if version != FORMAT_VERSION:
-            raise UnsupportedFileError(f"PSC format version {version} is not supported (this build reads {FORMAT_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise UnsupportedFileError(f"PSC format version {version} is not supported (this build reads "
+                                       f"{', '.join(map(str, READABLE_VERSIONS))})")
         prior_id = r.string("B")
         sha = r.take(32)
         (seed,) = r.unpack(">Q")

@@ -126,7 +126,7 @@ def test_header_byte_layout() -> None:
     """HEAD built by hand from the byte table in PSC.md equals Header.to_bytes."""
     h = header()
     prior, prompt = h.prior_id.encode(), h.prompt.encode()
-    raw = (bytes([1]) + struct.pack(">II", 33, 21) + bytes([3, 1]) + bytes([len(prior)]) + prior + bytes(range(32))
+    raw = (bytes([2]) + struct.pack(">II", 33, 21) + bytes([3, 1]) + bytes([len(prior)]) + prior + bytes(range(32))
            + struct.pack(">Q", 2 ** 64 - 1) + struct.pack(">H", len(prompt)) + prompt + b"\x04ddnm"
            + struct.pack(">HHfffH", 6, 8, 1.0, 75 / 255, 1.5 / 255, 4) + struct.pack(">HHH", 16, 16, 2)
            + b"\x06e4m3fn" + struct.pack(">fB", 0.08, 3) + struct.pack(">3f", 2.0, 1.5, 0.25))
@@ -135,12 +135,18 @@ def test_header_byte_layout() -> None:
     assert len(raw) == fixed + len(prior) + len(prompt) + 4 + 6 + 4 * 3
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 3, 255])
 def test_header_version(version: int) -> None:
     raw = bytearray(header().to_bytes())
     raw[0] = version
     with pytest.raises(UnsupportedFileError):
         C.Header.from_bytes(bytes(raw))
+
+
+def test_version_1_is_still_read() -> None:
+    raw = bytearray(header().to_bytes())
+    raw[0] = 1
+    assert C.Header.from_bytes(bytes(raw)).version == 1 and header().version == C.FORMAT_VERSION == 2
 
 
 def test_header_flags_and_strings() -> None:
