@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shlex
 import sys
 import threading
@@ -190,8 +189,12 @@ def _timed(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def _peak_rss_mib() -> float:
-    """Peak resident memory of the whole process so far (MiB)."""
+def _peak_rss_mib() -> float | None:
+    """Peak resident memory of the whole process so far (MiB); None where the platform cannot say."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2 ** 20 if sys.platform == "darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
 
