@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from .bench import load_image, psnr
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ("kodim01", "kodim05", "kodim19", "kodim23")
@@ -101,14 +102,7 @@ def kodak_dir() -> Path:
 
 def kodak_crop(name: str, size: int) -> np.ndarray:
     """Centre crop size x size of a Kodak photo, RGB uint8."""
-    with Image.open(kodak_dir() / f"{name}.png") as im:
-        left, top = (im.width - size) // 2, (im.height - size) // 2
-        return np.asarray(im.convert("RGB").crop((left, top, left + size, top + size)))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * float(np.log10(255.0 ** 2 / mse))
+    return load_image(kodak_dir() / f"{name}.png", size)
 
 
 # -- the worker (a fresh process per environment) -------------------------------------------------------------
