@@ -38,9 +38,11 @@ class _Fields:
         return off + size
 
 
-def _head(f: _Fields, p: int, end: int) -> None:
+def _head(f: _Fields, p: int, end: int) -> str:
+    """Annotate HEAD; returns the file's coding ("innovation" or "raw")."""
     d = f.data
-    p = f.add(p, 1, "version (u8)", d[p])
+    version = d[p]
+    p = f.add(p, 1, "version (u8)", version)
     p = f.add(p, 4, "width (u32)", struct.unpack(">I", d[p:p + 4])[0])
     p = f.add(p, 4, "height (u32)", struct.unpack(">I", d[p:p + 4])[0])
     p = f.add(p, 1, "channels (u8)", d[p])
@@ -71,11 +73,16 @@ def _head(f: _Fields, p: int, end: int) -> None:
     p = f.add(p, 1, "rows_per_step count (u8)", n)
     for i in range(n):
         p = f.add(p, 4, f"rows_per_step[{i}] (f32)", round(struct.unpack(">f", d[p:p + 4])[0], 9))
+    coding = "innovation"
+    if version >= 3:
+        coding = {0: "innovation", 1: "raw"}.get(d[p], "?")
+        p = f.add(p, 1, "coding (u8)", f"{d[p]} ({coding})")
     if p != end:
         raise ValueError("HEAD payload length does not match its fields")
+    return coding
 
 
-def _data(f: _Fields, p: int, end: int) -> None:
+def _data(f: _Fields, p: int, end: int, coding: str) -> None:
     d = f.data
     step, rows, check, n = struct.unpack(">HIIH", d[p:p + 12])
     p = f.add(p, 2, "step (u16)", step)
@@ -91,7 +98,9 @@ def _data(f: _Fields, p: int, end: int) -> None:
     elif n:
         p = f.add(p, n, "params: spread-scale code (i8)", list(struct.unpack(f">{n}b", params)))
     words = (end - p) // 4
-    if end > p:
+    if end > p and step > 0 and coding == "raw":
+        f.add(p, end - p, f"measurements ({end - p} bytes: float8 e4m3fn, zero-padded)", d[p:end].hex(" "))
+    elif end > p:
         f.add(p, end - p, f"words ({words} x u32 LE, range coder)",
               " ".join(f"{w:08x}" for w in struct.unpack(f"<{words}I", d[p:end])))
 
@@ -100,7 +109,7 @@ def fields(data: bytes) -> list[tuple[int, int, str, str, object]]:
     """(offset, size, bytes shown, field, value) for every field of every complete chunk."""
     f = _Fields(data)
     f.add(0, 8, "signature", repr(data[:8]))
-    pos = 8
+    pos, coding = 8, "innovation"
     while pos < len(data):
         length, ctype = struct.unpack(">I4s", data[pos:pos + 8]) if pos + 8 <= len(data) else (0, b"")
         if pos + 12 + length > len(data):
@@ -111,9 +120,9 @@ def fields(data: bytes) -> list[tuple[int, int, str, str, object]]:
         f.add(pos + 4, 4, f"[{name}] type", repr(name))
         body, end = pos + 8, pos + 8 + length
         if ctype == b"HEAD":
-            _head(f, body, end)
+            coding = _head(f, body, end)
         elif ctype == b"DATA":
-            _data(f, body, end)
+            _data(f, body, end, coding)
         elif length:
             f.add(body, length, f"[{name}] payload", f"{length} bytes")
         (crc,) = struct.unpack(">I", data[end:end + 4])

@@ -123,14 +123,21 @@ SOURCES = [
     Source("rgb_48x32_windows.psc", "kodim01", (48, 32), "RGB", 640,
            "RGB 48x32 with tile 8, window 2, margin 1 (6x4 tiles, 6 sampling windows), rows_per_step [1.0, 0.5]",
            seed=12345, config={"tile": 8, "window": 2, "margin": 1, "rows_per_step": (1.0, 0.5)}),
+    Source("rgb_32x24_raw.psc", "kodim04", (32, 24), "RGB", 300,
+           "RGB 32x24 with coding raw: adaptive measurements as unscaled float8 bytes (the paper's quantizer)",
+           config={"coding": "raw"}),
 ]
 NAMES_GOOD = [s.name for s in SOURCES]
 
-#: Files of earlier format versions, kept verbatim (never re-encoded) with the pixels their encoder reconstructed:
-#: readers must go on decoding them exactly.
+#: Files of earlier format versions, kept verbatim (never re-encoded), with the SHA-256 of the pixels their encoder
+#: reconstructed. Readers must go on decoding every step of them; the pixels may differ from the original ones as
+#: much as any file's do between builds (PSC.md §11): v1_rgb_33x21.psc is 1 value off by 1 level since 1.0
+#: switched FFDNet to channels-last convolutions. expected.json records both hashes.
 LEGACY = {
     "v1_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 1 (candidate rows ranked by raw spread)",
                          "d9d95e5c62381bf9065a58f2f8580296ce952b38e94b46409cf4291eecf040f2"),
+    "v2_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 2 (no coding field)",
+                         "61b786f43a29046b4624159e50fb3b74701aa79db2ad4a7262bce456b0f65045"),
 }
 
 
@@ -223,8 +230,8 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
     swapped = assemble(parts[:1] + [parts[2], parts[1]] + parts[3:])
     dup_data0 = assemble(parts[:2] + [parts[1]] + parts[2:])
 
-    def edit_data(i, edit):
-        ps = parts_of(base)
+    def edit_data(i, edit, data=base):
+        ps = parts_of(data)
         idx = [k for k, (t, _) in enumerate(ps) if t == b"DATA"][i]
         payload = bytearray(ps[idx][1])
         edit(payload)
@@ -264,8 +271,13 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_3.psc", replace_head(base, lambda p: p.__setitem__(0, 3)), "format version 3, CRC recomputed",
+        ("version_4.psc", replace_head(base, lambda p: p.__setitem__(0, 4)), "format version 4, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
+        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-1, 2)),
+         "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
+        ("raw_nan.psc", edit_data(1, lambda p: p.__setitem__(12, 0x7F), good["rgb_32x24_raw.psc"]),
+         "rgb_32x24_raw.psc with its first raw float8 byte of DATA step 1 set to NaN (0x7F), CRC recomputed",
+         {"outcome": "error", "error": "CorruptFileError"}),
         ("base_check_mismatch.psc", edit_data(0, bump_check), "check value of DATA step 0 changed, CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("desync_step2.psc", edit_data(2, bump_check),
@@ -365,7 +377,8 @@ def build_vectors(out_dir: str | Path = VECTORS) -> dict:
             info[src.name] = (src, enc)
         files = {}
         entries = [(s.name, good[s.name], s.description, {"outcome": "image"}) for s in SOURCES] + derived(good)
-        entries += [(name, (VECTORS / name).read_bytes(), description, {"outcome": "image", "pixels_sha256": sha})
+        entries += [(name, (VECTORS / name).read_bytes(), description,
+                     {"outcome": "image", "desync_step": None, "original_pixels_sha256": sha})
                     for name, (description, sha) in LEGACY.items()]
         for name, data, description, want in entries:
             entry = {"description": description, "size": len(data), "file_sha256": hashlib.sha256(data).hexdigest()}
@@ -383,6 +396,9 @@ def build_vectors(out_dir: str | Path = VECTORS) -> dict:
                 for key in ("steps", "truncated", "desync_step", "pixels_sha256"):
                     if key in want:
                         assert entry[key] == want[key], (name, key, entry[key], want[key])
+                if "original_pixels_sha256" in want:
+                    assert entry["steps"] == entry["steps_present"], name
+                    entry["original_pixels_sha256"] = want["original_pixels_sha256"]
                 if name in info:
                     src, enc = info[name]
                     assert dec.steps_decoded == enc.steps and not dec.truncated, name

@@ -9,14 +9,14 @@ Importing this package registers .psc with Pillow and imageio::
 """
 
 from . import imageio_plugin, pillow_plugin
-from .codec import CodecConfig, Decoded, Encoded, decode_array, encode, encode_array
+from .codec import PAPER_CONFIG, CodecConfig, Decoded, Encoded, decode_array, encode, encode_array
 from .errors import (BudgetError, CorruptFileError, DesyncError, ModelMismatchError, NoDataError, NotPSCError,
                      PSCError, UnsupportedFileError)
 from .options import DecodeOptions, get_decode_options, set_decode_options
 
 __version__ = "1.0.0"
 __all__ = [
-    "CodecConfig", "Decoded", "Encoded", "decode_array", "encode", "encode_array",
+    "PAPER_CONFIG", "CodecConfig", "Decoded", "Encoded", "decode_array", "encode", "encode_array",
     "DecodeOptions", "get_decode_options", "set_decode_options",
     "PSCError", "NotPSCError", "CorruptFileError", "UnsupportedFileError", "NoDataError", "ModelMismatchError",
     "DesyncError", "BudgetError",

@@ -36,7 +36,7 @@ from .container import step_prefix_lengths
 from .errors import BudgetError
 from .priors import canonical_model_id, load_prior, resolve_device
 
-CODECS = ("psc", "jpeg", "webp", "avif", "jxl", "j2k")
+CODECS = ("psc", "psc_paper", "jpeg", "webp", "avif", "jxl", "j2k")
 DEFAULT_RATES = (0.025, 0.05, 0.1, 0.2)
 QUICK = {"images": ("kodim01", "kodim05", "kodim19", "kodim23"), "crop": 256, "rates": (0.05, 0.1, 0.2),
          "config": codec.CodecConfig(samples=4, sampler_steps=3, output_samples=2)}
@@ -254,10 +254,11 @@ def run_baseline(c: Codec, pixels: np.ndarray, target: float) -> dict[str, Any]:
             "over_target": len(data) > budget}
 
 
-def run_psc(pixels: np.ndarray, target: float, config: codec.CodecConfig, device: str) -> tuple[dict, bytes | None]:
-    """One RD point and the file: encode at the target rate, then decode the file twice, in `mean` mode (the
-    point's psnr/ms_ssim) and in `sample` mode (psnr_sample/ms_ssim_sample). A rate the encoder cannot reach
-    (BudgetError) gives an error point and no file."""
+def run_psc(pixels: np.ndarray, target: float, config: codec.CodecConfig, device: str,
+            sample_decode: bool = True) -> tuple[dict, bytes | None]:
+    """One RD point and the file: encode at the target rate, then decode the file in `mean` mode (the point's
+    psnr/ms_ssim) and, with `sample_decode`, again in `sample` mode (psnr_sample/ms_ssim_sample). A rate the
+    encoder cannot reach (BudgetError) gives an error point and no file."""
     try:
         with peak_memory(device) as enc_mem:
             encoded, enc_s = _timed(codec.encode, pixels, rate=target, config=config, device=device)
@@ -265,13 +266,15 @@ def run_psc(pixels: np.ndarray, target: float, config: codec.CodecConfig, device
         return {"target_bpp": target, "error": str(exc)}, None
     with peak_memory(device) as dec_mem:
         decoded, dec_s = _timed(codec.decode_array, encoded.data, mode="mean", device=device)
-    sample, dec_sample_s = _timed(codec.decode_array, encoded.data, mode="sample", device=device)
     point = {**_point(pixels, decoded.pixels, target, len(encoded.data), enc_s, dec_s), "steps": encoded.steps,
-             "desync_step": decoded.desync_step, "psnr_sample": psnr(pixels, sample.pixels),
-             "ms_ssim_sample": ms_ssim(pixels, sample.pixels), "dec_sample_s": dec_sample_s,
-             "enc_evals": encoded.state.evaluations, "dec_evals": decoded.evaluations,
+             "desync_step": decoded.desync_step, "enc_evals": encoded.state.evaluations,
+             "dec_evals": decoded.evaluations,
              "enc_peak_rss_mib": enc_mem["rss_mib"], "dec_peak_rss_mib": dec_mem["rss_mib"],
              "enc_peak_cuda_mib": enc_mem["cuda_mib"], "dec_peak_cuda_mib": dec_mem["cuda_mib"]}
+    if sample_decode:
+        sample, dec_sample_s = _timed(codec.decode_array, encoded.data, mode="sample", device=device)
+        point.update(psnr_sample=psnr(pixels, sample.pixels), ms_ssim_sample=ms_ssim(pixels, sample.pixels),
+                     dec_sample_s=dec_sample_s)
     return point, encoded.data
 
 
@@ -327,7 +330,7 @@ def bd_rates(means: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
     if psc is None:
         return {}
     return {name: {metric: bd_rate(*axis(curve, metric), *axis(psc, metric)) for metric in ("psnr", "ms_ssim")}
-            for name, curve in means.items() if not name.startswith("psc")}
+            for name, curve in means.items() if name not in ("psc", "psc_sample")}
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -387,6 +390,7 @@ class BenchOptions:
     rates: list[float]
     codecs: list[str]
     config: codec.CodecConfig
+    paper_config: codec.CodecConfig  # the paper-faithful curve ("psc_paper")
     device: str
     out: Path
     quick: bool
@@ -406,13 +410,19 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     missing = [name for name in images if not (kodak / f"{name}.png").is_file()]
     if missing:
         raise FileNotFoundError(f"no {', '.join(f'{m}.png' for m in missing)} in {kodak}")
-    config = QUICK["config"] if args.quick else codec.CodecConfig()
-    overrides = {"samples": args.samples, "sampler_steps": args.sampler_steps}
+    overrides = {k: v for k, v in {"samples": args.samples, "sampler_steps": args.sampler_steps}.items()
+                 if v is not None}
+    config = dataclasses.replace(QUICK["config"] if args.quick else codec.CodecConfig(), **overrides)
+    # The paper-faithful PSC sends raw float8 measurements (one byte each: no prediction, no entropy model). Full
+    # runs also use the paper's sampler settings (codec.PAPER_CONFIG); --quick keeps the quick sampler budget, so
+    # that the two PSC curves differ only in the coding. Explicit --samples/--sampler-steps apply to both.
+    paper = dataclasses.replace(config, coding="raw") if args.quick else dataclasses.replace(codec.PAPER_CONFIG,
+                                                                                             **overrides)
     return BenchOptions(
         kodak=kodak, images=images, crop=args.crop or (QUICK["crop"] if args.quick else None),
         rates=sorted(args.rates or (QUICK["rates"] if args.quick else DEFAULT_RATES)),
         codecs=list(dict.fromkeys(args.codecs or CODECS)),
-        config=dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}),
+        config=config, paper_config=paper,
         device=args.device, out=Path(args.out), quick=args.quick, readme=Path(args.readme) if args.readme else None,
         command=shlex.join(["psc", *getattr(args, "argv", ["bench"])]))
 
@@ -426,7 +436,7 @@ def run(opts: BenchOptions) -> tuple[dict[str, Any], bytes | None]:
     available, missing = baseline_codecs()
     baselines = {name: available[name] for name in opts.codecs if name in available}
     skipped = {name: missing[name] for name in opts.codecs if name in missing}
-    if "psc" in opts.codecs:
+    if {"psc", "psc_paper"} & set(opts.codecs):
         load_prior(canonical_model_id(None, 3), opts.device)  # model load stays out of the timings
     results: dict[str, dict[str, list[dict]]] = {name: {} for name in opts.codecs if name not in skipped}
     strip_file = None
@@ -440,6 +450,8 @@ def run(opts: BenchOptions) -> tuple[dict[str, Any], bytes | None]:
                     point, data = run_psc(pixels, target, opts.config, opts.device)
                     if data is not None and image == opts.images[0]:
                         strip_file = data
+                elif name == "psc_paper":
+                    point, _ = run_psc(pixels, target, opts.paper_config, opts.device, sample_decode=False)
                 else:
                     point = run_baseline(baselines[name], pixels, target)
                 results[name][image].append(point)
@@ -451,10 +463,13 @@ def run(opts: BenchOptions) -> tuple[dict[str, Any], bytes | None]:
     described = {name: {"label": c.name, "settings": c.settings} for name, c in baselines.items()}
     described["psc"] = {"label": "PSC (mean)", "settings": "pillow_psc, default prior (FFDNet), decode mode mean"}
     described["psc_sample"] = {"label": "PSC (sample)", "settings": "the same files, decode mode sample"}
+    described["psc_paper"] = {"label": "PSC (paper-faithful)", "settings": "raw float8 measurements (8 bits each, no "
+                              "prediction or entropy model); decode mode mean"}
     return {
         "command": opts.command,
         "config": {"kodak": str(opts.kodak), "images": opts.images, "crop": opts.crop, "rates": opts.rates,
-                   "codecs": opts.codecs, "quick": opts.quick, "psc_config": dataclasses.asdict(opts.config)},
+                   "codecs": opts.codecs, "quick": opts.quick, "psc_config": dataclasses.asdict(opts.config),
+                   "psc_paper_config": dataclasses.asdict(opts.paper_config)},
         "codecs": {name: described[name] for name in means},
         "skipped": skipped,
         "machine": {**machine_info(opts.device), "peak_rss_mib": _peak_rss_mib()},
@@ -566,17 +581,20 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{p['enc_s']:.3f} | {p['dec_s']:.3f} |" for p in curve]
     if any(p.get("over_target") for curve in report["mean"].values() for p in curve):
         lines.append("\n\\* above the target even at the lowest quality (on at least one image)")
-    failed = sorted({p["target_bpp"] for per_image in report["results"].get("psc", {}).values() for p in per_image
-                     if "error" in p})
-    if failed:
-        lines.append(f"\nPSC could not reach {', '.join(f'{t:g}' for t in failed)} bpp on some images (the header "
-                     "and coarse base layer alone are larger): those targets are left out of its curve.")
-    if report["mean"].get("psc"):
-        lines += ["", "| PSC (mean) at | encode (s) | decode (s) | evaluations (enc / dec) | peak RSS MiB (enc / dec) |",
+    for name in ("psc", "psc_paper"):
+        failed = sorted({p["target_bpp"] for per_image in report["results"].get(name, {}).values()
+                         for p in per_image if "error" in p})
+        if failed:
+            lines.append(f"\n{report['codecs'][name]['label']} could not reach {', '.join(f'{t:g}' for t in failed)} "
+                         "bpp on some images (the header and base layer alone are larger): those targets are left "
+                         "out of its curve.")
+    costs = [(report["codecs"][name]["label"], p) for name in ("psc", "psc_paper") for p in report["mean"].get(name, [])]
+    if costs:
+        lines += ["", "| PSC at | encode (s) | decode, mean (s) | evaluations (enc / dec) | peak RSS MiB (enc / dec) |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {p['target_bpp']:g} bpp | {p['enc_s']:.1f} | {p['dec_s']:.1f} | {p['enc_evals']:.0f} / "
+        lines += [f"| {label}, {p['target_bpp']:g} bpp | {p['enc_s']:.1f} | {p['dec_s']:.1f} | {p['enc_evals']:.0f} / "
                   f"{p['dec_evals']:.0f} | {_fmt(p['enc_peak_rss_mib'], 0)} / {_fmt(p['dec_peak_rss_mib'], 0)} |"
-                  for p in report["mean"]["psc"]]
+                  for label, p in costs]
     if report["bd_rate"]:
         lines += ["", "| PSC (mean) vs | BD-rate, PSNR | BD-rate, MS-SSIM |", "|---|---|---|"]
         lines += [f"| {report['codecs'][name]['label']} | {_bd_cell(bd['psnr'])} | {_bd_cell(bd['ms_ssim'])} |"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -37,7 +38,9 @@ def _encode(args: argparse.Namespace) -> None:
         im.load()
         image = codable_image(im)
         metadata = {k: im.info[k] for k in ("icc_profile", "exif", "xmp") if im.info.get(k)}
-    config = codec.CodecConfig(**({"samples": args.samples} if args.samples else {}))
+    config = codec.PAPER_CONFIG if args.paper else codec.CodecConfig()
+    if args.samples:
+        config = dataclasses.replace(config, samples=args.samples)
     import numpy as np
     result = codec.encode(np.asarray(image), rate=args.rate, max_bytes=args.max_bytes, model=args.model,
                           prompt=args.prompt, seed=args.seed, device=args.device, config=config,
@@ -74,7 +77,8 @@ def _info(args: argparse.Namespace) -> None:
         "prompt": h.prompt, "sampler": h.sampler, "sampler_steps": h.sampler_steps, "samples": h.samples,
         "eta": h.eta, "sigma_max": h.sigma_max, "sigma_min": h.sigma_min, "output_samples": h.output_samples,
         "tile": h.tile, "window": h.window, "margin": h.margin, "float8": h.float8, "delta": h.delta,
-        "rows_per_step": h.rows_per_step, "steps": steps, "truncated": not complete,
+        "rows_per_step": h.rows_per_step, "coding": h.coding, "steps": steps,
+        "truncated": not complete,
         "metadata": sorted(psc.metadata),
     }
     if args.json:
@@ -106,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--prompt", default="", help="text prompt (Stable Diffusion priors)")
     enc.add_argument("--seed", type=int, default=0)
     enc.add_argument("--samples", type=int, help="posterior samples per step (default 8)")
+    enc.add_argument("--paper", action="store_true",
+                     help="the paper-faithful configuration: raw float8 measurements, the paper's sampler settings "
+                          "(much slower and larger; for comparison)")
     enc.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ...")
     enc.set_defaults(run=_encode)
     dec = sub.add_parser("decode", help="decode a .psc file to any format Pillow writes (by extension)")

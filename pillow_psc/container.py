@@ -20,8 +20,9 @@ from typing import BinaryIO, Iterator
 from .errors import CorruptFileError, NotPSCError, UnsupportedFileError
 
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
-FORMAT_VERSION = 2  # written by this build
-READABLE_VERSIONS = (1, 2)  # version 1 ranked candidate rows by raw spread (PSC.md §6.10)
+FORMAT_VERSION = 3  # written by this build
+READABLE_VERSIONS = (1, 2, 3)  # 1 ranked rows by raw spread (PSC.md §6.10); 3 added `coding`
+CODINGS = ("innovation", "raw")  # how adaptive measurements are coded (PSC.md §6.11)
 MAX_DIMENSION = 65535
 MAX_PIXELS = 1 << 28
 MAX_CHUNK_LENGTH = (1 << 31) - 1
@@ -56,6 +57,7 @@ class Header:
     float8: str  # "e4m3fn"
     delta: float  # quantizer step in signal units
     rows_per_step: list[float] = field(default_factory=lambda: [2.0])  # rows per tile, last value repeats
+    coding: str = "innovation"  # "innovation" (range-coded residuals) or "raw" (float8 bytes, paper-faithful)
     version: int = FORMAT_VERSION
 
     @property
@@ -77,6 +79,8 @@ class Header:
         _put_str(out, self.float8, "B")
         out.write(struct.pack(">fB", self.delta, len(self.rows_per_step)))
         out.write(struct.pack(f">{len(self.rows_per_step)}f", *self.rows_per_step))
+        if self.version >= 3:
+            out.write(struct.pack(">B", CODINGS.index(self.coding)))
         return out.getvalue()
 
     @classmethod
@@ -96,9 +100,13 @@ class Header:
         float8 = r.string("B")
         delta, n_rates = r.unpack(">fB")
         rates = list(r.unpack(f">{n_rates}f"))
+        (coding,) = r.unpack(">B") if version >= 3 else (0,)
         r.finish()
+        if coding >= len(CODINGS):
+            raise CorruptFileError(f"header field coding has the unknown value {coding}")
         hdr = cls(width, height, channels, bool(flags & 1), prior_id, sha, seed, prompt, sampler, steps, samples,
-                  eta, smax, smin, out_samples, tile, window, margin, float8, delta, rates, version)
+                  eta, smax, smin, out_samples, tile, window, margin, float8, delta, rates,
+                  CODINGS[coding], version)
         hdr.validate()
         return hdr
 

@@ -37,3 +37,13 @@ def dequantize(symbols: np.ndarray, delta: float) -> np.ndarray:
 def cell_edges() -> np.ndarray:
     """Boundaries (in units of delta) between neighbouring symbols' quantization cells, N_SYMBOLS-1 of them."""
     return (VALUES[1:] + VALUES[:-1]) / 2
+
+
+def float8_bytes(values: np.ndarray) -> np.ndarray:
+    """Values -> raw float8_e4m3fn bytes (uint8), unscaled and saturating at +-448: the paper's quantizer."""
+    return np.clip(np.asarray(values, dtype=np.float64), -LARGEST, LARGEST).astype(FLOAT8).view(np.uint8)
+
+
+def float8_values(data: np.ndarray) -> np.ndarray:
+    """Raw float8_e4m3fn bytes -> float64 values; NaN bytes come back as NaN (callers reject them)."""
+    return np.asarray(data, dtype=np.uint8).view(FLOAT8).astype(np.float64)

@@ -66,13 +66,19 @@ class TileGrid:
         return self.to_tiles(self.pad(ones))[:, 0]
 
 
-def base_rows(grid: TileGrid, device: torch.device) -> torch.Tensor:
-    """(tiles, channels, dim): per tile, the normalised block mean of each colour-basis channel."""
-    basis = COLOUR_BASIS if grid.channels == 3 else torch.eye(grid.channels, dtype=torch.float64)
-    mask = grid.masks(device).double().reshape(grid.count, 1, grid.channels, grid.tile * grid.tile)
-    rows = basis.to(device)[None, :, :, None] * mask  # (tiles, basis row, channel, pixel)
-    rows = rows.reshape(grid.count, grid.channels, grid.dim)
-    return (rows / rows.norm(dim=-1, keepdim=True)).float()
+def base_rows(grid: TileGrid, device: torch.device, chunk: int = 4096) -> torch.Tensor:
+    """(tiles, channels, dim): per tile, the normalised block mean of each colour-basis channel.
+
+    Built `chunk` tiles at a time in float64, so the temporaries stay small on large images.
+    """
+    basis = (COLOUR_BASIS if grid.channels == 3 else torch.eye(grid.channels, dtype=torch.float64)).to(device)
+    masks = grid.masks(device).reshape(grid.count, 1, grid.channels, grid.tile * grid.tile)
+    out = torch.empty(grid.count, grid.channels, grid.dim, device=device)
+    for start in range(0, grid.count, chunk):
+        rows = basis[None, :, :, None] * masks[start:start + chunk].double()  # (tiles, basis row, channel, pixel)
+        rows = rows.reshape(-1, grid.channels, grid.dim)
+        out[start:start + chunk] = rows / rows.norm(dim=-1, keepdim=True)
+    return out
 
 
 def principal_directions(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

