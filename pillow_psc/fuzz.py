@@ -131,13 +131,15 @@ _HEAD_LAYOUT = [("version", "B"), ("width", "I"), ("height", "I"), ("channels", 
                 ("sampler_steps", "H"), ("samples", "H"), ("eta", "f"), ("sigma_max", "f"), ("sigma_min", "f"),
                 ("output_samples", "H"), ("tile", "H"), ("window", "H"), ("margin", "H"), ("float8", "sB"),
                 ("delta", "f"), ("rows_per_step", "rates")]
+_HEAD_LAYOUT_V3 = _HEAD_LAYOUT + [("coding", "B")]  # format version 3 appends the coding byte
 
 
 def parse_head(payload: bytes) -> list[list] | None:
     """[[name, fmt, value], ...] of a HEAD payload, or None if it does not split into the fields."""
     out, pos = [], 0
+    layout = _HEAD_LAYOUT_V3 if payload[:1] and payload[0] >= 3 else _HEAD_LAYOUT
     try:
-        for name, fmt in _HEAD_LAYOUT:
+        for name, fmt in layout:
             if fmt.startswith("s"):
                 size = struct.calcsize(">" + fmt[1])
                 (n,) = struct.unpack(">" + fmt[1], payload[pos:pos + size])

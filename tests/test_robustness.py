@@ -97,3 +97,14 @@ def test_fuzz_campaign_in_worker(tmp_path: Path) -> None:
     assert report["failures"] == 0, fuzz.summary(report)
     assert sum(report["outcomes"].values()) == 40
     assert (tmp_path / "report.json").exists()
+
+
+def test_fuzzer_splits_every_header_version_into_fields() -> None:
+    """Header-field mutations need the fuzzer's own HEAD layout to match the format (versions 1 to 3)."""
+    for path in sorted(VECTORS.glob("*.psc")):
+        data = path.read_bytes()
+        if data[12:16] != b"HEAD" or len(data) < 16 + int.from_bytes(data[8:12], "big") or data[16] > 3:
+            continue  # vectors that are bad before or inside HEAD
+        payload = data[16:16 + int.from_bytes(data[8:12], "big")]
+        fields = fuzz.parse_head(payload)  # out-of-range values (huge_dimensions.psc, coding_unknown.psc) too
+        assert fields is not None and fuzz.pack_head(fields) == payload, path.name
