@@ -48,7 +48,7 @@ def run_phase(args: argparse.Namespace) -> dict[str, float | int | None]:
     out = Path(args.out)
     if args.phase == "encode":
         pixels = np.load(out / "original.npy")
-        config = pillow_psc.CodecConfig(samples=args.samples, sampler_steps=args.sampler_steps)
+        config = pillow_psc.CodecConfig(samples=args.samples, sampler_steps=args.sampler_steps, delta=args.delta)
         start = time.perf_counter()
         result = pillow_psc.encode(pixels, rate=args.rate, config=config, device=args.device)
         seconds = time.perf_counter() - start
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.1, help="bits per pixel of the whole file")
     parser.add_argument("--samples", type=int, default=8, help="posterior samples per step")
     parser.add_argument("--sampler-steps", type=int, default=None, help="default: the prior's")
+    parser.add_argument("--delta", type=float, default=None, help="quantizer step (default: chosen by the encoder)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in each subprocess")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="examples/out/large")
@@ -101,7 +102,7 @@ def main() -> None:
     decoded = np.load(out / "decoded.npy")
     print(f"photo     {source.name} upscaled to {width}x{height} ({width * height / 1e6:.1f} MP), Lanczos")
     print(f"config    rate {args.rate} bpp, samples {args.samples}, sampler steps {args.sampler_steps or 'prior'},"
-          f" {args.threads} torch thread(s), device {args.device}")
+          f" delta {args.delta or 'auto'}, {args.threads} torch thread(s), device {args.device}")
     print(f"file      {size} bytes, {8 * size / (width * height):.4f} bpp, {results['encode']['steps']} steps,"
           f" {results['decode']['steps']} decoded, PSNR {psnr(original, decoded):.2f} dB")
     if results["decode"].get("desync_step") is not None:

@@ -200,7 +200,7 @@ class SensingState:
         order = torch.argsort(key, descending=True, stable=True)[:count]
         tile_of, cand = order // (s - 1), order % (s - 1)
         rows, usable = self._orthonormalise(tile_of, dirs[tile_of, cand])
-        del dirs
+        del dirs  # (tiles, s-1, dim) is the largest temporary: free it before the dot products
         mean = row_dots(rows, means, tile_of)
         return _Proposal(tile_of, rows, mean, spread[tile_of, cand].double().cpu().numpy(),
                          usable.cpu().numpy())
@@ -345,6 +345,10 @@ def _decode_base(state: SensingState, chunk: DataChunk) -> None:
 
 
 # -- adaptive steps -------------------------------------------------------------------------------------------
+AUTO_DELTA_FILL = 0.6  # an automatic step that leaves more than 40 % of the budget unused is refined
+AUTO_DELTA_MIN = 0.05
+
+
 def auto_delta(bits_per_pixel: float) -> float:
     """The quantizer step for a rate (encoder choice; written to the header).
 
@@ -352,7 +356,7 @@ def auto_delta(bits_per_pixel: float) -> float:
     fixed 0.14: 0.8 is best at 0.05 and 0.1 bpp (+0.2 / +0.85 dB), 0.4-0.56 at 0.2 bpp (+1.1 dB; 0.8 is worse
     there and takes many more steps). Hence 0.08 / bpp, at most 0.8; 0.13 at 0.6 bpp, 0.05 from 1.6 bpp on.
     """
-    return float(np.clip(0.08 / bits_per_pixel, 0.05, 0.8))
+    return float(np.clip(0.08 / bits_per_pixel, AUTO_DELTA_MIN, 0.8))
 
 
 def _scale_code(z: np.ndarray) -> int:
@@ -491,13 +495,28 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
     limits = [int(r * h * w / 8) for r in [rate if rate is not None or max_bytes is not None else DEFAULT_RATE]
               if r is not None]
     budget = min(limits + ([max_bytes] if max_bytes is not None else []))
-    delta = cfg.delta if cfg.delta is not None else auto_delta(8 * budget / (h * w))
     model_id = canonical_model_id(model, channels)
     prior = load_prior(model_id, device)
     if not _channels_fit(channels, prior):
         raise ValueError(f"model {model_id} codes {prior.pixel_channels}-channel images, not {channels}-channel")
     if (cfg.tile or prior.tile) % prior.tile_multiple:
         raise ValueError(f"model {model_id} needs a tile size that is a multiple of {prior.tile_multiple}")
+    if cfg.delta is not None:
+        return _encode_with_delta(colour, alpha, budget, cfg.delta, prior, prompt, seed, cfg, metadata, progress)
+    # An automatic step that is too coarse for smooth content stops early (every innovation below the step,
+    # §12): then a finer step spends the budget. Costs a re-encode only for such images.
+    delta = auto_delta(8 * budget / (h * w))
+    while True:
+        encoded = _encode_with_delta(colour, alpha, budget, delta, prior, prompt, seed, cfg, metadata, progress)
+        if len(encoded.data) >= AUTO_DELTA_FILL * budget or delta <= AUTO_DELTA_MIN:
+            return encoded
+        delta = max(delta / 4, AUTO_DELTA_MIN)
+
+
+def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int, delta: float, prior: Prior,
+                       prompt: str, seed: int, cfg: CodecConfig, metadata: dict[str, bytes] | None,
+                       progress: bool) -> Encoded:
+    h, w, channels = colour.shape
     header = Header(
         width=w, height=h, channels=channels, has_alpha=alpha is not None, prior_id=prior.id,
         model_sha256=prior.sha256, seed=seed, prompt=prompt, sampler=SAMPLER,

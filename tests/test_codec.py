@@ -75,6 +75,19 @@ def test_raw_coding_sends_one_float8_byte_per_measurement():
     assert psnr(innovation.reconstruct("mean"), crop) > psnr(raw.reconstruct("mean"), crop) + 1.5  # 2.5 dB measured
 
 
+def test_a_too_coarse_automatic_step_is_refined(crop64, monkeypatch):
+    """Smooth content (e.g. an upscaled photo) can leave every innovation below a coarse automatic step: the
+    encoder would stop with most of the budget unused, so it re-encodes with a finer step. An explicit step is
+    the caller's choice and is kept."""
+    import dataclasses
+    budget = int(0.6 * 64 * 64 / 8)
+    monkeypatch.setattr(codec, "auto_delta", lambda bpp: 60.0)
+    refined = codec.encode(crop64, rate=0.6, config=FAST)
+    assert read_file(refined.data).header.delta < 60 / 4 and len(refined.data) >= codec.AUTO_DELTA_FILL * budget
+    kept = codec.encode(crop64, rate=0.6, config=dataclasses.replace(FAST, delta=60.0))
+    assert read_file(kept.data).header.delta == 60.0 and len(kept.data) < codec.AUTO_DELTA_FILL * budget
+
+
 def test_seed_changes_the_bitstream_but_not_the_size_class(crop64, encoded64):
     other = codec.encode(crop64, rate=0.6, seed=7, config=FAST).data
     assert other != encoded64.data
