@@ -412,7 +412,8 @@ def _code_innovation(prop: _Proposal, truth: np.ndarray, allowed: int, delta: fl
 
 
 def _code_raw(prop: _Proposal, truth: np.ndarray, allowed: int, delta: float):
-    """Paper-faithful coding (§6.11): each measurement as one unscaled float8 byte; no prediction, no model."""
+    """Paper-faithful coding (§6.11): each measurement as one unscaled float8 byte; no prediction, no model
+    (so no use for delta, which only enters the check value)."""
     ok = prop.usable
     count = int(np.searchsorted(np.ceil(np.cumsum(ok) / 4) * 4, allowed, side="right"))
     if count == 0 or not ok[:count].any():
@@ -501,14 +502,12 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
         raise ValueError(f"model {model_id} codes {prior.pixel_channels}-channel images, not {channels}-channel")
     if (cfg.tile or prior.tile) % prior.tile_multiple:
         raise ValueError(f"model {model_id} needs a tile size that is a multiple of {prior.tile_multiple}")
-    if cfg.delta is not None:
-        return _encode_with_delta(colour, alpha, budget, cfg.delta, prior, prompt, seed, cfg, metadata, progress)
     # An automatic step that is too coarse for smooth content stops early (every innovation below the step,
-    # §12): then a finer step spends the budget. Costs a re-encode only for such images.
-    delta = auto_delta(8 * budget / (h * w))
+    # §12): then a finer step spends the budget. Costs a re-encode only for such images; an explicit step is kept.
+    delta = cfg.delta if cfg.delta is not None else auto_delta(8 * budget / (h * w))
     while True:
         encoded = _encode_with_delta(colour, alpha, budget, delta, prior, prompt, seed, cfg, metadata, progress)
-        if len(encoded.data) >= AUTO_DELTA_FILL * budget or delta <= AUTO_DELTA_MIN:
+        if cfg.delta is not None or len(encoded.data) >= AUTO_DELTA_FILL * budget or delta <= AUTO_DELTA_MIN:
             return encoded
         delta = max(delta / 4, AUTO_DELTA_MIN)
 
