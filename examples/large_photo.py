@@ -53,7 +53,7 @@ def run_phase(args: argparse.Namespace) -> dict[str, float | int | None]:
         result = pillow_psc.encode(pixels, rate=args.rate, config=config, device=args.device)
         seconds = time.perf_counter() - start
         (out / "photo.psc").write_bytes(result.data)
-        figures = {"steps": result.steps, "evaluations": result.state.evaluations}
+        figures = {"steps": result.steps, "evaluations": result.evaluations}
     else:
         data = (out / "photo.psc").read_bytes()
         start = time.perf_counter()

@@ -267,7 +267,7 @@ def run_psc(pixels: np.ndarray, target: float, config: codec.CodecConfig, device
     with peak_memory(device) as dec_mem:
         decoded, dec_s = _timed(codec.decode_array, encoded.data, mode="mean", device=device)
     point = {**_point(pixels, decoded.pixels, target, len(encoded.data), enc_s, dec_s), "steps": encoded.steps,
-             "desync_step": decoded.desync_step, "enc_evals": encoded.state.evaluations,
+             "desync_step": decoded.desync_step, "enc_evals": encoded.evaluations,
              "dec_evals": decoded.evaluations,
              "enc_peak_rss_mib": enc_mem["rss_mib"], "dec_peak_rss_mib": dec_mem["rss_mib"],
              "enc_peak_cuda_mib": enc_mem["cuda_mib"], "dec_peak_cuda_mib": dec_mem["cuda_mib"]}

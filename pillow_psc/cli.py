@@ -41,6 +41,8 @@ def _encode(args: argparse.Namespace) -> None:
     config = codec.PAPER_CONFIG if args.paper else codec.CodecConfig()
     if args.samples:
         config = dataclasses.replace(config, samples=args.samples)
+    if args.delta is not None:
+        config = dataclasses.replace(config, delta=args.delta)
     import numpy as np
     result = codec.encode(np.asarray(image), rate=args.rate, max_bytes=args.max_bytes, model=args.model,
                           prompt=args.prompt, seed=args.seed, device=args.device, config=config,
@@ -110,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--prompt", default="", help="text prompt (Stable Diffusion priors)")
     enc.add_argument("--seed", type=int, default=0)
     enc.add_argument("--samples", type=int, help="posterior samples per step (default 8)")
+    enc.add_argument("--delta", type=float,
+                     help="quantizer step in signal units (default: chosen from the rate); finer steps mean fewer, "
+                          "costlier measurements and fewer steps")
     enc.add_argument("--paper", action="store_true",
                      help="the paper-faithful configuration: raw float8 measurements, the paper's sampler settings "
                           "(much slower and larger; for comparison)")

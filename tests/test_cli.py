@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pillow_psc.cli import main
@@ -38,6 +39,19 @@ def test_encode_paper_configuration(tmp_path, capsys):
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["coding"], info["samples"], info["sampler_steps"], info["output_samples"]) == ("raw", 3, 25, 64)
+
+
+def test_encode_with_an_explicit_quantizer_step(tmp_path, capsys):
+    src, out = tmp_path / "in.png", tmp_path / "fine.psc"
+    Image.fromarray(kodak_crop("kodim23", (16, 16))).save(src)
+    assert main(["encode", str(src), str(out), "--max-bytes", "200", "--samples", "3", "--delta", "0.3"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["delta"] == pytest.approx(0.3)
+    for bad in ("0", "-1", "nan"):
+        assert main(["encode", str(src), str(tmp_path / "bad.psc"), "--delta", bad]) == 1
+        assert "delta must be a positive" in capsys.readouterr().err
+    assert not (tmp_path / "bad.psc").exists()
 
 
 def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys):

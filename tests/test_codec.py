@@ -83,9 +83,32 @@ def test_a_too_coarse_automatic_step_is_refined(crop64, monkeypatch):
     budget = int(0.6 * 64 * 64 / 8)
     monkeypatch.setattr(codec, "auto_delta", lambda bpp: 60.0)
     refined = codec.encode(crop64, rate=0.6, config=FAST)
-    assert read_file(refined.data).header.delta < 60 / 4 and len(refined.data) >= codec.AUTO_DELTA_FILL * budget
+    assert read_file(refined.data).header.delta < 60 and len(refined.data) >= codec.AUTO_DELTA_FILL * budget
     kept = codec.encode(crop64, rate=0.6, config=dataclasses.replace(FAST, delta=60.0))
     assert read_file(kept.data).header.delta == 60.0 and len(kept.data) < codec.AUTO_DELTA_FILL * budget
+
+
+def test_an_automatic_step_whose_steps_are_too_small_is_halved(crop64, monkeypatch):
+    """Dozens of tiny steps cost dozens of sampling rounds: an automatic step whose last step says the budget would
+    take more than AUTO_DELTA_STEPS steps is halved and the encode restarts, down to AUTO_DELTA_MIN."""
+    tried = []
+    real = codec._encode_with_delta
+
+    def spy(*args, **kwargs):
+        encoded, spent = real(*args, **kwargs)
+        tried.append((args[3], kwargs["step_horizon"], spent))
+        return encoded, spent
+
+    monkeypatch.setattr(codec, "_encode_with_delta", spy)
+    monkeypatch.setattr(codec, "AUTO_DELTA_STEPS", 1)  # only a step that spends the whole budget would do
+    result = codec.encode(crop64, rate=0.6, config=FAST)
+    deltas = [delta for delta, _, _ in tried]
+    assert deltas[0] == pytest.approx(codec.auto_delta(0.6), rel=0.01) and deltas[-1] == codec.AUTO_DELTA_MIN
+    assert all(b == max(a / 2, codec.AUTO_DELTA_MIN) for a, b in zip(deltas, deltas[1:]))
+    assert [horizon for _, horizon, _ in tried] == [1] * (len(tried) - 1) + [None]
+    assert result.evaluations == sum(spent for _, _, spent in tried) > result.state.evaluations
+    assert read_file(result.data).header.delta == pytest.approx(codec.AUTO_DELTA_MIN)
+    assert np.array_equal(codec.decode_array(result.data).pixels, result.reconstruct("mean"))
 
 
 def test_seed_changes_the_bitstream_but_not_the_size_class(crop64, encoded64):
