@@ -16,7 +16,7 @@ import sys
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -273,27 +273,37 @@ def _derive_seed(seed: int, step: int, window: int, sample: int) -> int:
 
 
 # -- base layer (step 0) --------------------------------------------------------------------------------------
-def _base_layout(state: SensingState):
+class _BaseLayout(NamedTuple):
+    """What both sides derive from the geometry alone for step 0."""
+
+    rows: torch.Tensor  # (tiles*C, dim): tile t's C rows at t*C .. t*C+C-1
+    tile_of: torch.Tensor  # (tiles*C,)
+    prediction: np.ndarray  # (tiles, C) measurement of a flat signal_mean image
+    bands: np.ndarray  # DCT band of each tile-grid coefficient
+    dy: np.ndarray  # DCT matrices over tile rows and tile columns
+    dx: np.ndarray
+
+
+def _base_layout(state: SensingState) -> _BaseLayout:
     g = state.grid
     rows = base_rows(g, state.device).reshape(-1, g.dim)  # tile t's C rows at t*C .. t*C+C-1
     tile_of = torch.arange(g.count).repeat_interleave(g.channels)
     prediction = row_dots(rows, torch.ones(1, g.dim, device=state.device), torch.zeros_like(tile_of))
     prediction = (prediction * state.prior.signal_mean).reshape(g.count, g.channels)
     bands = dct_bands(g.rows_of_tiles, g.cols_of_tiles)
-    return rows, tile_of, prediction, bands, dct_matrix(g.rows_of_tiles), dct_matrix(g.cols_of_tiles)
+    return _BaseLayout(rows, tile_of, prediction, bands, dct_matrix(g.rows_of_tiles), dct_matrix(g.cols_of_tiles))
 
 
 def _base_params(delta_code: int, levels: np.ndarray) -> bytes:
     return struct.pack(">b", delta_code) + levels.astype(np.int8).tobytes()
 
 
-def _base_apply(state: SensingState, layout, symbols: np.ndarray, delta: float) -> None:
+def _base_apply(state: SensingState, layout: _BaseLayout, symbols: np.ndarray, delta: float) -> None:
     """Dequantize the base DCT coefficients, add the tiles' rows and measurements to the state."""
     g = state.grid
-    rows, tile_of, prediction, _, dy, dx = layout
     coef = dequantize(symbols, delta).reshape(g.channels, g.rows_of_tiles, g.cols_of_tiles)
-    resid = np.einsum("ij,cjk,lk->cil", dy.T, coef, dx.T).reshape(g.channels, g.count).T
-    state.add(tile_of, rows, (prediction + resid).reshape(-1))
+    resid = np.einsum("ij,cjk,lk->cil", layout.dy.T, coef, layout.dx.T).reshape(g.channels, g.count).T
+    state.add(layout.tile_of, layout.rows, (layout.prediction + resid).reshape(-1))
 
 
 def _base_levels(bands: np.ndarray, band_levels: np.ndarray, channels: int) -> np.ndarray:
@@ -332,7 +342,7 @@ def _encode_base(state: SensingState, signal_tiles: torch.Tensor, budget: int, s
 def _decode_base(state: SensingState, chunk: DataChunk) -> None:
     g = state.grid
     layout = _base_layout(state)
-    bands = layout[3]
+    bands = layout.bands
     n_bands = int(bands.max()) + 1
     if len(chunk.params) != 1 + g.channels * n_bands or chunk.rows != g.count * g.channels:
         raise CorruptFileError("base DATA chunk does not match the image geometry")
