@@ -77,6 +77,8 @@ def _head(f: _Fields, p: int, end: int) -> str:
     if version >= 3:
         coding = {0: "innovation", 1: "raw"}.get(d[p], "?")
         p = f.add(p, 1, "coding (u8)", f"{d[p]} ({coding})")
+    if version >= 4:
+        p = f.add(p, 1, "precision (u8)", f"{d[p]} ({ {0: 'float32', 1: 'bfloat16'}.get(d[p], '?') })")
     if p != end:
         raise ValueError("HEAD payload length does not match its fields")
     return coding

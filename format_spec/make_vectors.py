@@ -126,6 +126,9 @@ SOURCES = [
     Source("rgb_32x24_raw.psc", "kodim04", (32, 24), "RGB", 300,
            "RGB 32x24 with coding raw: adaptive measurements as unscaled float8 bytes (the paper's quantizer)",
            config={"coding": "raw"}),
+    Source("rgb_16x16_bf16.psc", "kodim23", (16, 16), "RGB", 300,
+           "rgb_16x16.psc with precision bfloat16: the denoiser runs under bfloat16 autocast (its pixels depend on "
+           "the CPU's bfloat16 kernels: AMX on the reference build)", config={"precision": "bfloat16"}),
 ]
 NAMES_GOOD = [s.name for s in SOURCES]
 
@@ -138,6 +141,8 @@ LEGACY = {
                          "d9d95e5c62381bf9065a58f2f8580296ce952b38e94b46409cf4291eecf040f2"),
     "v2_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 2 (no coding field)",
                          "61b786f43a29046b4624159e50fb3b74701aa79db2ad4a7262bce456b0f65045"),
+    "v3_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 3 (no precision field)",
+                         "54025ca613af2e16f6fadf93e9f31eacc07c9c6cef658f50a455f5ca6037fe4d"),
 }
 
 
@@ -271,10 +276,13 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_4.psc", replace_head(base, lambda p: p.__setitem__(0, 4)), "format version 4, CRC recomputed",
+        ("version_5.psc", replace_head(base, lambda p: p.__setitem__(0, 5)), "format version 5, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
-        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-1, 2)),
+        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-2, 2)),
          "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
+        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-1, 2)),
+         "HEAD precision field 2 (only 0 and 1 are defined), CRC recomputed",
+         {"outcome": "error", "error": "CorruptFileError"}),
         ("raw_nan.psc", edit_data(1, lambda p: p.__setitem__(12, 0x7F), good["rgb_32x24_raw.psc"]),
          "rgb_32x24_raw.psc with its first raw float8 byte of DATA step 1 set to NaN (0x7F), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),

@@ -24,7 +24,10 @@ differ fails its check, and decoding stops at the verified prefix with a warning
 choice or a spread level passes unnoticed and yields a slightly different image. The reduced-precision variants
 (oneDNN matmul or convolution in bfloat16) are the nearest CPU stand-in for TF32.
 
-Usage: ``python -m pillow_psc.agreement [--images kodim01 ...] [--crop 128] [--rate 0.3] [--out DIR]``.
+Files written with ``--precision bfloat16`` (PSC.md §6.2) run the denoiser in bfloat16 on both sides; the variant
+``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` is a CPU with AVX-512 bfloat16 instructions but no AMX.
+
+Usage: ``python -m pillow_psc.agreement [--images kodim01 ...] [--crop 128] [--rate 0.3] [--precision P] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .bench import load_image, psnr
+from .container import PRECISIONS
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ("kodim01", "kodim05", "kodim19", "kodim23")
@@ -79,6 +83,7 @@ def decoder_variants() -> list[Env]:
         Env("ATEN_CPU_CAPABILITY=default", variables={"ATEN_CPU_CAPABILITY": "default"}),
         Env("ATEN_CPU_CAPABILITY=avx2", variables={"ATEN_CPU_CAPABILITY": "avx2"}),
         Env("ONEDNN_MAX_CPU_ISA=AVX2", variables={"ONEDNN_MAX_CPU_ISA": "AVX2"}),
+        Env("ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16", variables={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}),
         Env("MKL_ENABLE_INSTRUCTIONS=AVX2", variables={"MKL_ENABLE_INSTRUCTIONS": "AVX2"}),
         Env("AVX2 CPU (ATen+oneDNN+MKL)", variables=AVX2_CPU),
         Env("mkldnn.enabled=False", mkldnn=False),
@@ -128,7 +133,8 @@ def _work(job: dict[str, Any]) -> dict[str, Any]:
     for name in job["images"]:
         start, record = time.perf_counter(), {"name": name}
         if job["task"] == "encode":
-            config = pillow_psc.CodecConfig(samples=4, sampler_steps=3, output_samples=2)  # the tests' FAST config
+            config = pillow_psc.CodecConfig(samples=4, sampler_steps=3, output_samples=2,  # the tests' FAST config
+                                            precision=job["precision"])
             enc = pillow_psc.encode(kodak_crop(name, job["crop"]), rate=job["rate"], config=config, device="cpu")
             (dst / f"{name}.psc").write_bytes(enc.data)
             np.save(dst / f"{name}.recon.npy", enc.reconstruct("mean"))
@@ -150,12 +156,13 @@ def _work(job: dict[str, Any]) -> dict[str, Any]:
     return {**info, "images": images}
 
 
-def run_worker(task: str, env: Env, images: list[str], crop: int, rate: float, src: Path, dst: Path) -> dict:
+def run_worker(task: str, env: Env, images: list[str], crop: int, rate: float, src: Path, dst: Path,
+               precision: str = "float32") -> dict:
     """Run one task in a fresh interpreter whose environment is `env` (variables must precede torch's import)."""
     dst.mkdir(parents=True, exist_ok=True)
     job_path = dst / f"{task}-job.json"
     job = {"task": task, "env": dataclasses.asdict(env), "images": images, "crop": crop, "rate": rate,
-           "src": str(src), "dst": str(dst)}
+           "src": str(src), "dst": str(dst), "precision": precision}
     job_path.write_text(json.dumps(job))
     variables = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES} | env.variables
     proc = subprocess.run([sys.executable, "-m", "pillow_psc.agreement", "--worker", str(job_path)], env=variables,
@@ -184,7 +191,7 @@ def _compare(decoded: dict, enc_dir: Path, dec_dir: Path, crop: int) -> dict:
 
 
 def measure(images: list[str], crop: int, rate: float, out: Path, decoders: list[Env] | None = None,
-            encoders: list[Env] | None = None) -> dict:
+            encoders: list[Env] | None = None, precision: str = "float32") -> dict:
     """Encode in the reference (and in each of `encoders`), decode in each environment; write out/agreement.json.
 
     Rows: reference encoder x (reference decoder as the control, then each of `decoders`), then each encoder
@@ -195,7 +202,7 @@ def measure(images: list[str], crop: int, rate: float, out: Path, decoders: list
     start, work, rows, versions = time.perf_counter(), out / "work", [], set()
     for encoder in [REFERENCE, *encoders]:
         enc_dir = work / f"enc-{_slug(encoder.name)}"
-        encoded = run_worker("encode", encoder, images, crop, rate, enc_dir, enc_dir)
+        encoded = run_worker("encode", encoder, images, crop, rate, enc_dir, enc_dir, precision)
         versions.add(encoded["torch"])
         for decoder in [REFERENCE, *decoders] if encoder is REFERENCE else [REFERENCE]:
             dec_dir = enc_dir / f"dec-{_slug(decoder.name)}"
@@ -205,8 +212,8 @@ def measure(images: list[str], crop: int, rate: float, out: Path, decoders: list
                          "encoded": encoded["images"],
                          "images": [_compare(r, enc_dir, dec_dir, crop) for r in result["images"]]})
             print(f"{encoder.name} -> {decoder.name}: {outcome(rows[-1]['images'])}", file=sys.stderr, flush=True)
-    report = {"images": images, "crop": crop, "rate": rate, "torch": ", ".join(sorted(versions)),
-              "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}
+    report = {"images": images, "crop": crop, "rate": rate, "precision": precision,
+              "torch": ", ".join(sorted(versions)), "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "agreement.json").write_text(json.dumps(report, indent=1))
     return report
@@ -234,7 +241,8 @@ def outcome(images: list[dict]) -> str:
 def markdown(report: dict) -> str:
     """The Markdown table of a report."""
     lines = [f"{len(report['images'])} Kodak centre crops {report['crop']}x{report['crop']} "
-             f"({', '.join(report['images'])}), rate {report['rate']} bpp, torch {report['torch']}; "
+             f"({', '.join(report['images'])}), rate {report['rate']} bpp, precision {report['precision']}, "
+             f"torch {report['torch']}; "
              f"{report['wall_seconds']} s in all.", "",
              "| encoder env | decoder env | ATen ISA | outcome | max abs Δ px | ΔPSNR dB mean (worst) | decode s |",
              "|---|---|---|---|---|---|---|"]
@@ -254,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", nargs="+", default=list(DEFAULT_IMAGES))
     parser.add_argument("--crop", type=int, default=128, help="centre crop side, pixels")
     parser.add_argument("--rate", type=float, default=0.3, help="bits per pixel")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="denoiser arithmetic of the files")
     parser.add_argument("--out", type=Path, default=Path("agreement-out"))
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: a job file of run_worker
     args = parser.parse_args(argv)
@@ -262,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         result = _work(job)
         (Path(job["dst"]) / f"{job['task']}-result.json").write_text(json.dumps(result))
         return 0
-    report = measure(args.images, args.crop, args.rate, args.out)
+    report = measure(args.images, args.crop, args.rate, args.out, precision=args.precision)
     table = markdown(report)
     (args.out / "agreement.md").write_text(table + "\n")
     print(table)

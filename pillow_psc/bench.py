@@ -410,12 +410,12 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     missing = [name for name in images if not (kodak / f"{name}.png").is_file()]
     if missing:
         raise FileNotFoundError(f"no {', '.join(f'{m}.png' for m in missing)} in {kodak}")
-    overrides = {k: v for k, v in {"samples": args.samples, "sampler_steps": args.sampler_steps}.items()
-                 if v is not None}
+    overrides = {k: v for k, v in {"samples": args.samples, "sampler_steps": args.sampler_steps,
+                                   "precision": args.precision}.items() if v is not None}
     config = dataclasses.replace(QUICK["config"] if args.quick else codec.CodecConfig(), **overrides)
     # The paper-faithful PSC sends raw float8 measurements (one byte each: no prediction, no entropy model). Full
     # runs also use the paper's sampler settings (codec.PAPER_CONFIG); --quick keeps the quick sampler budget, so
-    # that the two PSC curves differ only in the coding. Explicit --samples/--sampler-steps apply to both.
+    # that the two PSC curves differ only in the coding. Explicit --samples/--sampler-steps/--precision apply to both.
     paper = dataclasses.replace(config, coding="raw") if args.quick else dataclasses.replace(codec.PAPER_CONFIG,
                                                                                              **overrides)
     return BenchOptions(

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 from PIL import Image, UnidentifiedImageError
 
 from . import bench, codec
-from .container import SIGNATURE, count_data_chunks, read_file
+from .container import PRECISIONS, SIGNATURE, count_data_chunks, read_file
 from .errors import PSCError
 
 
@@ -43,6 +43,8 @@ def _encode(args: argparse.Namespace) -> None:
         config = dataclasses.replace(config, samples=args.samples)
     if args.delta is not None:
         config = dataclasses.replace(config, delta=args.delta)
+    if args.precision:
+        config = dataclasses.replace(config, precision=args.precision)
     import numpy as np
     result = codec.encode(np.asarray(image), rate=args.rate, max_bytes=args.max_bytes, model=args.model,
                           prompt=args.prompt, seed=args.seed, device=args.device, config=config,
@@ -79,7 +81,8 @@ def _info(args: argparse.Namespace) -> None:
         "prompt": h.prompt, "sampler": h.sampler, "sampler_steps": h.sampler_steps, "samples": h.samples,
         "eta": h.eta, "sigma_max": h.sigma_max, "sigma_min": h.sigma_min, "output_samples": h.output_samples,
         "tile": h.tile, "window": h.window, "margin": h.margin, "float8": h.float8, "delta": h.delta,
-        "rows_per_step": h.rows_per_step, "coding": h.coding, "steps": steps,
+        "rows_per_step": h.rows_per_step, "coding": h.coding,
+        "precision": h.precision, "steps": steps,
         "truncated": not complete,
         "metadata": sorted(psc.metadata),
     }
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--delta", type=float,
                      help="quantizer step in signal units (default: chosen from the rate); finer steps mean fewer, "
                           "costlier measurements and fewer steps")
+    enc.add_argument("--precision", choices=PRECISIONS,
+                     help="denoiser arithmetic (default float32); bfloat16 is about 3x faster on CPUs with AMX or "
+                          "on GPUs, but the file then decodes fully only where the same bfloat16 kernels run")
     enc.add_argument("--paper", action="store_true",
                      help="the paper-faithful configuration: raw float8 measurements, the paper's sampler settings "
                           "(much slower and larger; for comparison)")
@@ -151,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "and 2 output samples: about 10 minutes on a 2-core CPU; explicit options override these")
     ben.add_argument("--samples", type=int, help="PSC posterior samples per step")
     ben.add_argument("--sampler-steps", type=int, help="PSC denoiser evaluations per sample")
+    ben.add_argument("--precision", choices=PRECISIONS, help="PSC denoiser arithmetic (default float32)")
     ben.add_argument("--device", default="auto", help="PSC device: auto (CUDA if present), cpu, cuda, ...")
     ben.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ben.add_argument("--out", default="psc-bench", help="output directory (default psc-bench)")

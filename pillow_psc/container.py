@@ -20,9 +20,10 @@ from typing import BinaryIO, Iterator
 from .errors import CorruptFileError, NotPSCError, UnsupportedFileError
 
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
-FORMAT_VERSION = 3  # written by this build
-READABLE_VERSIONS = (1, 2, 3)  # 1 ranked rows by raw spread (PSC.md §6.10); 3 added `coding`
+FORMAT_VERSION = 4  # written by this build
+READABLE_VERSIONS = (1, 2, 3, 4)  # 1 ranked rows by raw spread (PSC.md §6.10); 3 added `coding`, 4 `precision`
 CODINGS = ("innovation", "raw")  # how adaptive measurements are coded (PSC.md §6.11)
+PRECISIONS = ("float32", "bfloat16")  # arithmetic of the denoiser's matrix products (PSC.md §6.8)
 MAX_DIMENSION = 65535
 MAX_PIXELS = 1 << 28
 MAX_CHUNK_LENGTH = (1 << 31) - 1
@@ -58,6 +59,7 @@ class Header:
     delta: float  # quantizer step in signal units
     rows_per_step: list[float] = field(default_factory=lambda: [2.0])  # rows per tile, last value repeats
     coding: str = "innovation"  # "innovation" (range-coded residuals) or "raw" (float8 bytes, paper-faithful)
+    precision: str = "float32"  # "bfloat16": the denoiser runs under bfloat16 autocast (fast, less portable)
     version: int = FORMAT_VERSION
 
     @property
@@ -81,6 +83,8 @@ class Header:
         out.write(struct.pack(f">{len(self.rows_per_step)}f", *self.rows_per_step))
         if self.version >= 3:
             out.write(struct.pack(">B", CODINGS.index(self.coding)))
+        if self.version >= 4:
+            out.write(struct.pack(">B", PRECISIONS.index(self.precision)))
         return out.getvalue()
 
     @classmethod
@@ -101,12 +105,14 @@ class Header:
         delta, n_rates = r.unpack(">fB")
         rates = list(r.unpack(f">{n_rates}f"))
         (coding,) = r.unpack(">B") if version >= 3 else (0,)
+        (precision,) = r.unpack(">B") if version >= 4 else (0,)
         r.finish()
-        if coding >= len(CODINGS):
-            raise CorruptFileError(f"header field coding has the unknown value {coding}")
+        for name, value, names in (("coding", coding, CODINGS), ("precision", precision, PRECISIONS)):
+            if value >= len(names):
+                raise CorruptFileError(f"header field {name} has the unknown value {value}")
         hdr = cls(width, height, channels, bool(flags & 1), prior_id, sha, seed, prompt, sampler, steps, samples,
                   eta, smax, smin, out_samples, tile, window, margin, float8, delta, rates,
-                  CODINGS[coding], version)
+                  CODINGS[coding], PRECISIONS[precision], version)
         hdr.validate()
         return hdr
 

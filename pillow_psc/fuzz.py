@@ -131,13 +131,14 @@ _HEAD_LAYOUT = [("version", "B"), ("width", "I"), ("height", "I"), ("channels", 
                 ("sampler_steps", "H"), ("samples", "H"), ("eta", "f"), ("sigma_max", "f"), ("sigma_min", "f"),
                 ("output_samples", "H"), ("tile", "H"), ("window", "H"), ("margin", "H"), ("float8", "sB"),
                 ("delta", "f"), ("rows_per_step", "rates")]
-_HEAD_LAYOUT_V3 = _HEAD_LAYOUT + [("coding", "B")]  # format version 3 appends the coding byte
+_APPENDED_FIELDS = [(3, ("coding", "B")), (4, ("precision", "B"))]  # (format version that appended it, field)
 
 
 def parse_head(payload: bytes) -> list[list] | None:
     """[[name, fmt, value], ...] of a HEAD payload, or None if it does not split into the fields."""
     out, pos = [], 0
-    layout = _HEAD_LAYOUT_V3 if payload[:1] and payload[0] >= 3 else _HEAD_LAYOUT
+    version = payload[0] if payload else 0
+    layout = _HEAD_LAYOUT + [f for since, f in _APPENDED_FIELDS if version >= since]
     try:
         for name, fmt in layout:
             if fmt.startswith("s"):

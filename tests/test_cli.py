@@ -28,7 +28,7 @@ def test_encode_info_decode(tmp_path, capsys):
     png = tmp_path / "dec.png"
     assert main(["decode", str(out), str(png), "--mode", "sample", "--steps", "2"]) == 0
     assert psnr(np.asarray(Image.open(png)), crop) > 18
-    assert info["coding"] == "innovation" and info["format_version"] == 3
+    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 4)
 
 
 def test_encode_paper_configuration(tmp_path, capsys):
@@ -41,13 +41,17 @@ def test_encode_paper_configuration(tmp_path, capsys):
     assert (info["coding"], info["samples"], info["sampler_steps"], info["output_samples"]) == ("raw", 3, 25, 64)
 
 
-def test_encode_with_an_explicit_quantizer_step(tmp_path, capsys):
+def test_encode_with_an_explicit_quantizer_step_and_precision(tmp_path, capsys):
     src, out = tmp_path / "in.png", tmp_path / "fine.psc"
     Image.fromarray(kodak_crop("kodim23", (16, 16))).save(src)
     assert main(["encode", str(src), str(out), "--max-bytes", "200", "--samples", "3", "--delta", "0.3"]) == 0
     capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["delta"] == pytest.approx(0.3)
+    assert main(["encode", str(src), str(out), "--max-bytes", "200", "--samples", "3", "--precision", "bfloat16"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "bfloat16"
     for bad in ("0", "-1", "nan"):
         assert main(["encode", str(src), str(tmp_path / "bad.psc"), "--delta", bad]) == 1
         assert "delta must be a positive" in capsys.readouterr().err

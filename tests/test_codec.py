@@ -75,6 +75,25 @@ def test_raw_coding_sends_one_float8_byte_per_measurement():
     assert psnr(innovation.reconstruct("mean"), crop) > psnr(raw.reconstruct("mean"), crop) + 1.5  # 2.5 dB measured
 
 
+def test_bfloat16_precision_is_written_and_followed_by_the_decoder(crop64, encoded64):
+    """precision="bfloat16" runs the denoiser under autocast on both sides; the header carries the choice."""
+    import dataclasses
+    import warnings
+
+    fast = codec.encode(crop64, rate=0.6, config=dataclasses.replace(FAST, precision="bfloat16"))
+    parsed = read_file(fast.data)
+    assert parsed.header.precision == "bfloat16" and fast.data != encoded64.data
+    decoded = codec.decode_array(fast.data)
+    assert decoded.steps_decoded == fast.steps and np.array_equal(decoded.pixels, fast.reconstruct("mean"))
+    assert psnr(decoded.pixels, crop64) > psnr(encoded64.reconstruct("mean"), crop64) - 1.5
+    parsed.header.precision = "float32"  # the same chunks read in float32 no longer match the encoder's state
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert codec.decode_array(parsed.to_bytes()).desync_step == 1
+    with pytest.raises(ValueError, match="precision"):
+        codec.encode(crop64, rate=0.6, config=dataclasses.replace(FAST, precision="float16"))
+
+
 def test_a_too_coarse_automatic_step_is_refined(crop64, monkeypatch):
     """Smooth content (e.g. an upscaled photo) can leave every innovation below a coarse automatic step: the
     encoder would stop with most of the budget unused, so it re-encodes with a finer step. An explicit step is
@@ -109,6 +128,16 @@ def test_an_automatic_step_whose_steps_are_too_small_is_halved(crop64, monkeypat
     assert result.evaluations == sum(spent for _, _, spent in tried) > result.state.evaluations
     assert read_file(result.data).header.delta == pytest.approx(codec.AUTO_DELTA_MIN)
     assert np.array_equal(codec.decode_array(result.data).pixels, result.reconstruct("mean"))
+
+
+@pytest.mark.parametrize("step, remaining, chunk_bytes, out_of_reach", [
+    (1, 2739, 853, True),  # kodim23 at 0.1 bpp, delta 0.8: would take 29 steps at 853 bytes, never at 0.7x decay
+    (1, 2051, 1541, False),  # kodim23, delta 0.4 (6 steps in all)
+    (3, 589, 797, False), (4, 4, 585, False),  # kodim01, delta 0.8 (5 steps in all)
+    (11, 300, 200, True),  # in reach by decay, but 1.5 more steps of this size: past the 12-step horizon
+])
+def test_when_the_budget_is_out_of_reach(step, remaining, chunk_bytes, out_of_reach):
+    assert codec.budget_out_of_reach(step, remaining, chunk_bytes) == out_of_reach
 
 
 def test_seed_changes_the_bitstream_but_not_the_size_class(crop64, encoded64):

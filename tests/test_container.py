@@ -30,7 +30,8 @@ def header(**changes) -> C.Header:
     base = C.Header(width=33, height=21, channels=3, has_alpha=True, prior_id="ffdnet-color", model_sha256=bytes(range(32)),
                     seed=2 ** 64 - 1, prompt="a parrot \u00e9", sampler="ddnm", sampler_steps=6, samples=8, eta=1.0,
                     sigma_max=75 / 255, sigma_min=1.5 / 255, output_samples=4, tile=16, window=16, margin=2,
-                    float8="e4m3fn", delta=0.08, rows_per_step=[2.0, 1.5, 0.25], coding="raw")
+                    float8="e4m3fn", delta=0.08, rows_per_step=[2.0, 1.5, 0.25], coding="raw",
+                    precision="bfloat16")
     return dataclasses.replace(base, **changes)
 
 
@@ -126,17 +127,17 @@ def test_header_byte_layout() -> None:
     """HEAD built by hand from the byte table in PSC.md equals Header.to_bytes."""
     h = header()
     prior, prompt = h.prior_id.encode(), h.prompt.encode()
-    raw = (bytes([3]) + struct.pack(">II", 33, 21) + bytes([3, 1]) + bytes([len(prior)]) + prior + bytes(range(32))
+    raw = (bytes([4]) + struct.pack(">II", 33, 21) + bytes([3, 1]) + bytes([len(prior)]) + prior + bytes(range(32))
            + struct.pack(">Q", 2 ** 64 - 1) + struct.pack(">H", len(prompt)) + prompt + b"\x04ddnm"
            + struct.pack(">HHfffH", 6, 8, 1.0, 75 / 255, 1.5 / 255, 4) + struct.pack(">HHH", 16, 16, 2)
            + b"\x06e4m3fn" + struct.pack(">fB", 0.08, 3) + struct.pack(">3f", 2.0, 1.5, 0.25)
-           + bytes([1]))
+           + bytes([1, 1]))
     assert h.to_bytes() == raw
-    fixed = 1 + 4 + 4 + 1 + 1 + 1 + 32 + 8 + 2 + 1 + 2 + 2 + 4 + 4 + 4 + 2 + 2 + 2 + 2 + 1 + 4 + 1 + 1
+    fixed = 1 + 4 + 4 + 1 + 1 + 1 + 32 + 8 + 2 + 1 + 2 + 2 + 4 + 4 + 4 + 2 + 2 + 2 + 2 + 1 + 4 + 1 + 1 + 1
     assert len(raw) == fixed + len(prior) + len(prompt) + 4 + 6 + 4 * 3
 
 
-@pytest.mark.parametrize("version", [0, 4, 255])
+@pytest.mark.parametrize("version", [0, 5, 255])
 def test_header_version(version: int) -> None:
     raw = bytearray(header().to_bytes())
     raw[0] = version
@@ -144,25 +145,26 @@ def test_header_version(version: int) -> None:
         C.Header.from_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_older_versions_are_still_read(version: int) -> None:
-    """Versions 1 and 2 end after rows_per_step; they read as innovation coding."""
+@pytest.mark.parametrize("version, appended", [(1, 0), (2, 0), (3, 1)])
+def test_older_versions_are_still_read(version: int, appended: int) -> None:
+    """Versions 1 and 2 end after rows_per_step (innovation coding), version 3 after coding (float32)."""
     raw = header(version=version).to_bytes()
-    assert raw == bytes([version]) + header().to_bytes()[1:-1]
+    assert raw == bytes([version]) + header().to_bytes()[1:len(raw)] and len(raw) == len(header().to_bytes()) - 2 + appended
     back = C.Header.from_bytes(raw)
-    assert (back.version, back.coding) == (version, "innovation")
-    assert header().version == C.FORMAT_VERSION == 3
+    assert (back.version, back.coding, back.precision) == (version, "raw" if appended else "innovation", "float32")
+    assert header().version == C.FORMAT_VERSION == 4
     with pytest.raises(CorruptFileError, match="trailing"):
-        C.Header.from_bytes(bytes([version]) + header().to_bytes()[1:])  # version-3 fields in an older header
+        C.Header.from_bytes(bytes([version]) + header().to_bytes()[1:])  # version-4 fields in an older header
 
 
-def test_coding_field() -> None:
+@pytest.mark.parametrize("field, offset, values", [("coding", -2, C.CODINGS), ("precision", -1, C.PRECISIONS)])
+def test_enumerated_fields(field: str, offset: int, values: tuple[str, ...]) -> None:
     raw = bytearray(header().to_bytes())
-    assert C.Header.from_bytes(bytes(raw)).coding == "raw" and raw[-1] == 1
-    raw[-1] = 0
-    assert C.Header.from_bytes(bytes(raw)).coding == "innovation"
-    raw[-1] = 2
-    with pytest.raises(CorruptFileError, match="coding"):
+    assert getattr(C.Header.from_bytes(bytes(raw)), field) == values[1] and raw[offset] == 1
+    raw[offset] = 0
+    assert getattr(C.Header.from_bytes(bytes(raw)), field) == values[0]
+    raw[offset] = 2
+    with pytest.raises(CorruptFileError, match=field):
         C.Header.from_bytes(bytes(raw))
 
 

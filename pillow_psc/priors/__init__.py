@@ -12,9 +12,9 @@ import threading
 
 import torch
 
-from .base import Prior, resolve_device
+from .base import Prior, at_precision, resolve_device
 
-__all__ = ["Prior", "load_prior", "resolve_device", "DEFAULT_MODEL"]
+__all__ = ["Prior", "at_precision", "load_prior", "resolve_device", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "ffdnet"
 _cache: dict[tuple[str, str], Prior] = {}
