@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="quantizer step in signal units (default: chosen from the rate); finer steps mean fewer, "
                           "costlier measurements and fewer steps")
     enc.add_argument("--precision", choices=PRECISIONS,
-                     help="denoiser arithmetic (default float32); bfloat16 is about 3x faster on CPUs with AMX or "
-                          "on GPUs, but the file then decodes fully only where the same bfloat16 kernels run")
+                     help="denoiser arithmetic (default float32); bfloat16 is about 2.8x faster end to end on a CPU "
+                          "with AMX, but the file then decodes fully only where the same bfloat16 kernels run")
     enc.add_argument("--paper", action="store_true",
                      help="the paper-faithful configuration: raw float8 measurements, the paper's sampler settings "
                           "(much slower and larger; for comparison)")

@@ -56,7 +56,7 @@ class CodecConfig:
     base_share: float = 0.3  # the base layer may use at most this share of the budget (coarser step if needed)
     max_steps: int = 4096
     coding: str = "innovation"  # "raw": the paper's unscaled float8 byte per measurement (PSC.md §6.11)
-    precision: str = "float32"  # "bfloat16": ~3.6x faster denoiser on AMX CPUs, decodes fully only there (§6.8)
+    precision: str = "float32"  # "bfloat16": ~3.6x faster denoiser on AMX CPUs, decodes fully only there (§11)
 
 
 #: The paper's method (Elata et al. 2024, pixel-space setup) on this codec: 16 samples, 25 sampler steps, eta 1,
@@ -358,7 +358,6 @@ def _decode_base(state: SensingState, chunk: DataChunk) -> None:
 # -- adaptive steps -------------------------------------------------------------------------------------------
 AUTO_DELTA_FILL = 0.6  # an automatic step that leaves more than 40 % of the budget unused is refined
 AUTO_DELTA_STEPS = 12  # ... and so is one whose steps are too small to spend the budget within this many steps
-AUTO_DELTA_DECAY = 0.7  # ... or to spend it at all if each step is this much smaller than the one before
 AUTO_DELTA_MIN = 0.05
 
 
@@ -373,17 +372,6 @@ def auto_delta(bits_per_pixel: float) -> float:
     `encode` finds by halving a step whose steps are too small (AUTO_DELTA_STEPS).
     """
     return float(np.clip(0.08 / bits_per_pixel, AUTO_DELTA_MIN, 0.8))
-
-
-def budget_out_of_reach(step: int, remaining: int, chunk_bytes: int, horizon: int = AUTO_DELTA_STEPS) -> bool:
-    """After `step` made a chunk of `chunk_bytes`, can the encode still spend `remaining` bytes in time?
-
-    No when steps of that size would need more than `horizon` steps in all, or when steps that shrink by
-    AUTO_DELTA_DECAY each (whole 768x512 Kodak photos: successive ratios 0.42-0.81) would never add up to it.
-    The second test decides after the first step: on kodim23 at 0.1 bpp, δ = 0.8 gives a first step of about 850
-    bytes with 2740 left (out of reach: 850 · 0.7/0.3 = 1980), δ = 0.4 one of 1541 with 2051 left (within reach).
-    """
-    return step + remaining / chunk_bytes > horizon or chunk_bytes * AUTO_DELTA_DECAY / (1 - AUTO_DELTA_DECAY) < remaining
 
 
 def _scale_code(z: np.ndarray) -> int:
@@ -591,7 +579,7 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
             chunk_bytes = len(pack_chunk(b"DATA", chunk.to_bytes()))
             remaining -= chunk_bytes
             bar.update(1)
-            if step_horizon is not None and budget_out_of_reach(step, remaining, chunk_bytes, step_horizon):
+            if step_horizon is not None and step + remaining / chunk_bytes > step_horizon:
                 return None, state.evaluations
     data = psc.to_bytes()
     assert len(data) <= budget, "rate control exceeded the budget"

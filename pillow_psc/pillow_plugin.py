@@ -42,7 +42,8 @@ class PscImageFile(ImageFile.ImageFile):
         self.info.update(psc.metadata)
         self.info.update({
             "model": header.prior_id, "model_sha256": header.model_sha256.hex(), "seed": header.seed,
-            "prompt": header.prompt, "steps": steps, "steps_decoded": 0, "truncated": not complete,
+            "prompt": header.prompt, "precision": header.precision, "steps": steps, "steps_decoded": 0,
+            "truncated": not complete,
         })
         self.tile = []
 

@@ -130,16 +130,6 @@ def test_an_automatic_step_whose_steps_are_too_small_is_halved(crop64, monkeypat
     assert np.array_equal(codec.decode_array(result.data).pixels, result.reconstruct("mean"))
 
 
-@pytest.mark.parametrize("step, remaining, chunk_bytes, out_of_reach", [
-    (1, 2739, 853, True),  # kodim23 at 0.1 bpp, delta 0.8: would take 29 steps at 853 bytes, never at 0.7x decay
-    (1, 2051, 1541, False),  # kodim23, delta 0.4 (6 steps in all)
-    (3, 589, 797, False), (4, 4, 585, False),  # kodim01, delta 0.8 (5 steps in all)
-    (11, 300, 200, True),  # in reach by decay, but 1.5 more steps of this size: past the 12-step horizon
-])
-def test_when_the_budget_is_out_of_reach(step, remaining, chunk_bytes, out_of_reach):
-    assert codec.budget_out_of_reach(step, remaining, chunk_bytes) == out_of_reach
-
-
 def test_seed_changes_the_bitstream_but_not_the_size_class(crop64, encoded64):
     other = codec.encode(crop64, rate=0.6, seed=7, config=FAST).data
     assert other != encoded64.data

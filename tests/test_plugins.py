@@ -41,6 +41,7 @@ def test_open_reads_header_only_then_load_decodes(psc_path, photo):
         assert (im.format, im.mode, im.size) == ("PSC", "RGB", photo.size)
         assert im.info["steps_decoded"] == 0 and im.info["steps"] >= 2 and im.info["truncated"] is False
         assert im.info["model"] == "ffdnet-color" and im.info["seed"] == 3 and len(im.info["model_sha256"]) == 64
+        assert im.info["precision"] == "float32"
         assert im.info["icc_profile"] == b"fake-icc" and im.getexif()[0x010E] == "pillow-psc test"
         im.load()
         assert im.info["steps_decoded"] == im.info["steps"]

@@ -79,7 +79,7 @@ def at_precision(denoise: Callable[[torch.Tensor, float], torch.Tensor],
     """D(x, sigma) run in the file's `precision`: "float32" as is, "bfloat16" under autocast.
 
     bfloat16 is about 3.6x faster on a CPU with AMX (and fast on GPUs), but its rounding depends on the kernels: a
-    decoder on other bfloat16 hardware drifts from the encoder and stops at the last verified step (PSC.md §6.8).
+    decoder on other bfloat16 hardware drifts from the encoder and stops at the last verified step (PSC.md §11).
     """
     if precision == "float32":
         return denoise

@@ -1,0 +1,41 @@
+"""The example programs run end to end on tiny inputs, so that they cannot rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kodak_whole_compares_at_psc_bpp_and_resumes(tmp_path, capsys):
+    kodak_whole = _example("kodak_whole")
+    argv = ["--images", "kodim23", "--rates", "0.6", "--crop", "64", "--out", str(tmp_path)]
+    kodak_whole.main(argv)
+    record, = [json.loads(line) for line in (tmp_path / "psc.jsonl").read_text().splitlines()]
+    assert record["image"] == "kodim23" and 0.3 < record["bpp"] <= 0.6 and record["psnr"] > 15
+    assert (tmp_path / "kodim23_0.6.psc").stat().st_size * 8 == pytest.approx(record["bpp"] * 64 * 64)
+    curves = json.loads((tmp_path / "baselines.json").read_text())
+    assert set(curves) == {f"kodim23/{c}" for c in kodak_whole.BASELINES}
+    row = (tmp_path / "summary.md").read_text().splitlines()[2]
+    assert row.startswith("| 0.6 | 1 | ")
+    kodak_whole.main(argv)  # resumed: nothing new to encode
+    assert len((tmp_path / "psc.jsonl").read_text().splitlines()) == 1
+
+
+def test_baseline_psnr_is_interpolated_in_log_bpp_and_extrapolated_below_the_curve():
+    kodak_whole = _example("kodak_whole")
+    curve = [[0.1, 20.0], [0.2, 22.0], [0.4, 24.0], [0.8, 26.0]]
+    assert kodak_whole.psnr_at(curve, 0.2) == (pytest.approx(22.0), False)
+    assert kodak_whole.psnr_at(curve, 2 ** -0.5 * 0.4) == (pytest.approx(23.0), False)
+    assert kodak_whole.psnr_at(curve, 0.05) == (pytest.approx(18.0), True)
