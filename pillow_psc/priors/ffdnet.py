@@ -20,6 +20,11 @@ from .base import Prior
 
 _KEY_PREFIX = "module.intermediate_dncnn.itermediate_dncnn."
 _BN_EPS = 1e-5
+#: Largest activation (bytes) of one batch slice on the CPU. glibc serves blocks up to 32 MiB from its heap and
+#: hands bigger ones back to the kernel at every free, so a whole batch's activations were page-faulted afresh at
+#: every layer: 8 samples of a 576x544 window spent 1.2 s of 3.7 s (float32) in the kernel. Slices of one or a few
+#: samples measured 1.25x (float32) to 1.9x (bfloat16) faster, and give bit-identical results.
+CPU_SLICE_BYTES = 24 << 20
 
 
 class FFDNet(nn.Module):
@@ -40,8 +45,23 @@ class FFDNet(nn.Module):
         for i, conv in enumerate(self.convs):
             feat = conv(feat)
             if i < len(self.convs) - 1:
-                feat = F.relu_(feat)
+                _relu_(feat)
         return x - F.pixel_shuffle(feat.contiguous(), 2)
+
+    def activation_bytes(self, x: torch.Tensor, dtype: torch.dtype) -> int:
+        """Bytes of the widest activation per sample of x, in the arithmetic's dtype."""
+        features = max(conv.out_channels for conv in self.convs)
+        return features * (x.shape[2] // 2) * (x.shape[3] // 2) * torch.finfo(dtype).bits // 8
+
+
+def _relu_(feat: torch.Tensor) -> None:
+    """In-place ReLU. For 16-bit floats it clamps the bits as signed integers (negative floats have the sign bit
+    set): the same values as torch.relu_ (but +0 for -0), and on the CPU 6x faster than its bfloat16 kernel, which
+    took a quarter of the bfloat16 denoiser's time."""
+    if feat.dtype in (torch.bfloat16, torch.float16):
+        feat.view(torch.int16).clamp_min_(0)
+    else:
+        F.relu_(feat)
 
 
 def weights_path(channels: int) -> str:
@@ -89,7 +109,13 @@ class FFDNetPrior(Prior):
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return self.net(x, sigma)
+        if x.device.type != "cpu":
+            return self.net(x, sigma)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        per_slice = max(1, CPU_SLICE_BYTES // self.net.activation_bytes(x, dtype))
+        if per_slice >= len(x):
+            return self.net(x, sigma)
+        return torch.cat([self.net(part, sigma) for part in x.split(per_slice)])
 
     def modules(self) -> dict[str, nn.Module]:
         return {"ffdnet": self.net}
