@@ -1,6 +1,6 @@
-"""PSC on the 24 whole Kodak photos (768x512) against WebP and AVIF at the same bits per pixel.
+"""PSC on the 24 whole Kodak photos (768x512) against WebP, AVIF and JPEG 2000 at the same bits per pixel.
 
-    python examples/kodak_whole.py --rates 0.05 0.1 --precision bfloat16 --threads 2 --out examples/results/kodak24
+    python examples/kodak_whole.py --rates 0.05 0.1 0.2 --precision bfloat16 --threads 2 --out examples/results/kodak24
 
 `psc bench` decodes every file twice (mean and sample) and drives the baselines to the target rates, where WebP
 often cannot go (its smallest Kodak file is 0.07-0.21 bpp). This script is the cheaper whole-photo run:
@@ -9,7 +9,7 @@ often cannot go (its smallest Kodak file is 0.07-0.21 bpp). This script is the c
   reconstruction, which is what the decoder returns (tests/test_codec.py checks that they are bit-identical).
   Each result is appended to `psc.jsonl` as soon as it exists, and photos already there are skipped, so a run
   of an hour or more can be stopped and resumed.
-* Baselines: a sweep of 41 quality settings per photo (`psc bench`'s codec settings), saved in
+* Baselines: a sweep of 41 quality settings per photo and codec (`psc bench`'s codec settings), saved in
   `baselines.json`; a codec's PSNR at PSC's bpp is read off its curve by linear interpolation in log(bpp). Below
   the codec's smallest file it is extrapolated from its lowest points and counted as such.
 
@@ -31,7 +31,7 @@ import pillow_psc
 from pillow_psc.bench import baseline_codecs, load_image, psnr
 
 KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
-BASELINES = ("webp", "avif")
+BASELINES = ("webp", "avif", "j2k")
 SWEEP_POINTS = 41
 
 
@@ -71,7 +71,9 @@ def sweep_baselines(names: list[str], out: Path, crop: int | None = None) -> dic
                 continue
             c = available[codec_name]
             points = set()
-            for quality in np.linspace(c.low, c.high, SWEEP_POINTS):
+            # integer qualities (WebP, AVIF) go evenly; JPEG 2000's nominal bpp spans decades, so it goes in log
+            spaced = np.linspace if c.integer else np.geomspace
+            for quality in spaced(c.low, c.high, SWEEP_POINTS):
                 data = c.encode(pixels, float(round(quality)) if c.integer else float(quality))
                 points.add((8 * len(data) / pixels[..., 0].size, psnr(pixels, c.decode(data))))
             curves[key] = sorted(points)
