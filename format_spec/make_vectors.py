@@ -335,6 +335,31 @@ def update_spec_dump(vectors_dir: str | Path = VECTORS, spec: Path = HERE / "PSC
         spec.write_text(head + _BEGIN + "\n" + worked_example_markdown(vectors_dir) + "\n" + _END + tail)
 
 
+#: Largest difference (of 255) allowed in any sample between a decode on another build and the expected decode,
+#: when every step decodes (PSC.md §11, §16).
+PIXEL_TOLERANCE = 2
+#: Folder (inside the vectors folder) of the expected decodes, one PNG per decodable file, named after it.
+EXPECTED_DECODES = "expected"
+
+
+def expected_decode_path(vectors_dir: str | Path, name: str) -> Path:
+    return Path(vectors_dir) / EXPECTED_DECODES / (Path(name).stem + ".png")
+
+
+def write_expected_decode(vectors_dir: str | Path, name: str, pixels: np.ndarray, mode: str) -> None:
+    """The reference build's decode as a PNG (lossless; L, LA, RGB or RGBA like the file)."""
+    from PIL import Image
+    path = expected_decode_path(vectors_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(pixels), mode).save(path, optimize=True)
+
+
+def read_expected_decode(vectors_dir: str | Path, name: str) -> np.ndarray:
+    from PIL import Image
+    with Image.open(expected_decode_path(vectors_dir, name)) as im:
+        return np.asarray(im)
+
+
 def pixel_sha256(pixels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
 
@@ -347,7 +372,17 @@ def reference_build() -> dict:
     import torch
     return {"python": platform.python_version(), "machine": platform.machine(), "system": platform.system(),
             "numpy": np.__version__, "torch": torch.__version__, "constriction": md.version("constriction"),
-            "ml_dtypes": ml_dtypes.__version__, "pillow": PIL.__version__, "device": "cpu"}
+            "ml_dtypes": ml_dtypes.__version__, "pillow": PIL.__version__, "device": "cpu", "cpu": _cpu_model()}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), which decides the convolution kernels and so the last bits of a decode."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.processor())
+    except OSError:
+        return platform.processor()
 
 
 def _pillow_stage(data: bytes) -> str:
@@ -397,7 +432,9 @@ def build_vectors(out_dir: str | Path = VECTORS) -> dict:
                 h = dec.header
                 entry.update(outcome="image", width=h.width, height=h.height, mode=h.mode,
                              steps=dec.steps_decoded, steps_present=dec.steps_present, truncated=dec.truncated,
-                             desync_step=dec.desync_step, pixels_sha256=pixel_sha256(dec.pixels))
+                             desync_step=dec.desync_step, pixels_sha256=pixel_sha256(dec.pixels),
+                             precision=h.precision)
+                write_expected_decode(out_dir, name, dec.pixels, h.mode)
                 if dec.desync_step is not None:
                     assert any(issubclass(w.category, RuntimeWarning) for w in caught), name
                     entry["warning"] = "RuntimeWarning"
@@ -443,11 +480,18 @@ def build_vectors(out_dir: str | Path = VECTORS) -> dict:
         for stale in out_dir.glob("*.psc"):
             if stale.name not in files:
                 stale.unlink()
+        decodable = {expected_decode_path(out_dir, n) for n, e in files.items() if e["outcome"] == "image"}
+        for stale in (out_dir / EXPECTED_DECODES).glob("*.png"):
+            if stale not in decodable:
+                stale.unlink()
         expected = {
             "format_version": pillow_psc.container.FORMAT_VERSION,
             "decode": {"mode": "mean", "steps": None, "device": "cpu"},
             "pixels_sha256": "SHA-256 of the decoded uint8 pixels in C order: rows top to bottom, pixels left to "
                              "right, channels interleaved (L | LA | RGB | RGBA, alpha last); equals Image.tobytes()",
+            "expected_decodes": f"{EXPECTED_DECODES}/NAME.png: the decoded pixels of NAME.psc on the reference build "
+                                "(PNG, the file's mode); other builds conform within pixel_tolerance (PSC.md §16)",
+            "pixel_tolerance": PIXEL_TOLERANCE,
             "reference_build": reference_build(),
             "entropy_tables_sha256": entropy_tables_sha256(),
             "files": files,
