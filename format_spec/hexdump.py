@@ -98,7 +98,9 @@ def _data(f: _Fields, p: int, end: int, coding: str) -> None:
             levels = list(struct.unpack(f">{n - 1}b", params[1:]))
             p = f.add(p, n - 1, "params: band levels (i8, channel-major)", levels)
     elif n:
-        p = f.add(p, n, "params: spread-scale code (i8)", list(struct.unpack(f">{n}b", params)))
+        p = f.add(p, 1, "params: spread-scale code (i8)", struct.unpack(">b", params[:1])[0])
+        if n > 1:
+            p = f.add(p, 1, "params: delta code (i8)", struct.unpack(">b", params[1:2])[0])
     words = (end - p) // 4
     if end > p and step > 0 and coding == "raw":
         f.add(p, end - p, f"measurements ({end - p} bytes: float8 e4m3fn, zero-padded)", d[p:end].hex(" "))

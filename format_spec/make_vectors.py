@@ -143,6 +143,8 @@ LEGACY = {
                          "61b786f43a29046b4624159e50fb3b74701aa79db2ad4a7262bce456b0f65045"),
     "v3_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 3 (no precision field)",
                          "54025ca613af2e16f6fadf93e9f31eacc07c9c6cef658f50a455f5ca6037fe4d"),
+    "v4_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 4 (adaptive steps without a delta code)",
+                         "54025ca613af2e16f6fadf93e9f31eacc07c9c6cef658f50a455f5ca6037fe4d"),
 }
 
 
@@ -276,7 +278,7 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_5.psc", replace_head(base, lambda p: p.__setitem__(0, 5)), "format version 5, CRC recomputed",
+        ("version_6.psc", replace_head(base, lambda p: p.__setitem__(0, 6)), "format version 6, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
         ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-2, 2)),
          "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),

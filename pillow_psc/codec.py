@@ -356,22 +356,28 @@ def _decode_base(state: SensingState, chunk: DataChunk) -> None:
 
 
 # -- adaptive steps -------------------------------------------------------------------------------------------
-AUTO_DELTA_FILL = 0.6  # an automatic step that leaves more than 40 % of the budget unused is refined
-AUTO_DELTA_STEPS = 12  # ... and so is one whose steps are too small to spend the budget within this many steps
-AUTO_DELTA_MIN = 0.05
+AUTO_DELTA_MIN = 0.05  # the smallest automatic first step
+RESTART_SHARE = 0.25  # after two steps whose chunks' tail could not spend this share of the rest: start again, δ/2
+PACE_STEPS = 12  # later, the step is refined whenever at the last chunk's size the budget would outlast this,
+TAIL_SHARE = 0.4  # or whenever the chunks shrink so fast that all the rest of them could not spend this share of it,
+REFINE_CODES = 2  # ... by this many delta codes: a factor 2^(1/2)
+FINEST_DELTA_CODE = -64  # and never below delta * 2^-16
 
 
 def auto_delta(bits_per_pixel: float) -> float:
-    """The quantizer step for a rate (encoder choice; written to the header).
+    """The quantizer step of the first adaptive step for a rate (encoder choice; written to the header).
 
     Coarse steps make each row cheap, so more rows fit. Measured on four Kodak 256 px crops against the former
-    fixed 0.14: 0.8 is best at 0.05 and 0.1 bpp (+0.2 / +0.85 dB), 0.4-0.56 at 0.2 bpp (+1.1 dB; 0.8 is worse
-    there and takes many more steps). Hence 0.08 / bpp, at most 0.8; 0.13 at 0.6 bpp, 0.05 from 1.6 bpp on.
-    The best step also depends on the content: on the whole 768x512 kodim01 (textured) 0.8 beats 0.4 at 0.1 bpp
-    (22.75 vs 22.04 dB), on the smooth kodim23 0.4 beats 0.8 (29.20 dB in 6 steps vs 28.35 dB in 35), which
-    `encode` finds by halving a step whose steps are too small (AUTO_DELTA_STEPS).
+    fixed 0.14: 0.8 is best at 0.05 and 0.1 bpp (+0.2 / +0.85 dB), 0.4-0.56 at 0.2 bpp (+1.1 dB). Hence
+    0.08 / bpp, at most 0.8. Smooth content needs finer steps (most innovations fall below a coarse one), which
+    the encoder finds step by step (`_encode_with_delta`).
     """
     return float(np.clip(0.08 / bits_per_pixel, AUTO_DELTA_MIN, 0.8))
+
+
+def step_delta(delta: float, delta_code: int) -> float:
+    """Quantizer step of an adaptive step: the header's delta times 2^(delta_code/4) (PSC.md §6.11)."""
+    return delta * 2.0 ** (delta_code / 4)
 
 
 def _scale_code(z: np.ndarray) -> int:
@@ -384,27 +390,78 @@ def _levels(prop: _Proposal, code: int, delta: float) -> np.ndarray:
     return entropy.scale_levels(prop.sigma * 2.0 ** (code / 8) / delta)
 
 
-def _encode_step(state: SensingState, step: int, signal_tiles: torch.Tensor, budget: int) -> DataChunk | None:
-    """Code the next step into at most `budget` bytes (chunk included); None when nothing fits."""
-    if budget < _CHUNK_OVERHEAD + 1 + 8:
+class _Coded(NamedTuple):
+    """One step's coding: the rows used (a prefix of the candidates), params, range-coded words, measurements."""
+
+    count: int
+    params: bytes
+    words: bytes
+    meas: np.ndarray
+
+
+def _tail(step_bytes: list[int]) -> float:
+    """Bytes that all further chunks would hold if the last two chunks' ratio r went on: last * r / (1 - r)."""
+    ratio = step_bytes[-1] / step_bytes[-2] if len(step_bytes) > 1 else 1.0
+    return step_bytes[-1] * ratio / (1 - ratio) if ratio < 1 else math.inf
+
+
+def _start_finer(step_bytes: list[int], remaining: int) -> bool:
+    """Whether an automatic quantizer step is so coarse for the content that the encode should start again at half
+    of it, judged after two adaptive steps.
+
+    On smooth content a coarse step leaves most innovations below it: the chunks shrink fast and their tail could
+    spend only a small share of the budget (Kodak at 0.1 and 0.2 bpp, bfloat16: kodim03 and kodim23 0.12-0.13 of
+    it, where the step half as coarse from the start measured 0.2-0.6 dB better than refining it from step to
+    step; kodim07, 11, 19, 22: 0.43-1.09, where keeping the coarse step for 12 steps measured 0.2-1.5 dB better
+    than starting again). Two steps are the price of the test.
+    """
+    return len(step_bytes) == 2 and _tail(step_bytes) < RESTART_SHARE * remaining
+
+
+def _off_pace(step_bytes: list[int], remaining: int) -> bool:
+    """Whether the automatic quantizer step is too coarse to spend the remaining budget in time (§12).
+
+    Two signs, read after each step: at the last chunk's size the rest would take the encode past PACE_STEPS
+    steps, or the chunks shrink so fast that their tail is under TAIL_SHARE of the rest. A chunk that took all but
+    its own size of the budget ends the encode and says nothing.
+    """
+    last = step_bytes[-1]
+    if remaining <= last:
+        return False
+    return len(step_bytes) + remaining / last > PACE_STEPS or _tail(step_bytes) < TAIL_SHARE * remaining
+
+
+def _encode_step(state: SensingState, step: int, signal_tiles: torch.Tensor, budget: int,
+                 delta_code: int, refine: bool) -> tuple[DataChunk, int] | None:
+    """Code the next step into at most `budget` bytes (chunk included): the chunk and the delta code it used, or
+    None when nothing fits. With `refine`, a step at which nothing can be coded (the samples pin the image below
+    the quantizer step, or no row fits) is coded at finer steps, REFINE_CODES apart, down to FINEST_DELTA_CODE."""
+    if budget < _CHUNK_OVERHEAD + 2 + 8:
         return None
     prop = state.propose(step)
     truth = row_dots(prop.rows, signal_tiles, prop.tile_of)
-    code = _code_raw if state.header.coding == "raw" else _code_innovation
-    coded = code(prop, truth, budget - _CHUNK_OVERHEAD, state.header.delta)
+    coded = None
+    if state.header.coding == "raw":
+        coded = _code_raw(prop, truth, budget - _CHUNK_OVERHEAD)
+    else:
+        for code in range(delta_code, FINEST_DELTA_CODE - 1, -REFINE_CODES) if refine else [delta_code]:
+            coded = _code_innovation(prop, truth, budget - _CHUNK_OVERHEAD, step_delta(state.header.delta, code),
+                                     code)
+            if coded is not None:
+                delta_code = code
+                break
     if coded is None:
         return None
-    count, params, words, meas = coded
-    ok = prop.usable[:count]
-    state.add(prop.tile_of[:count][ok], prop.rows[:count][torch.from_numpy(ok)], meas[ok])
-    return DataChunk(step, count, prop.check(count, state.header.delta), params, words)
+    ok = prop.usable[:coded.count]
+    state.add(prop.tile_of[:coded.count][ok], prop.rows[:coded.count][torch.from_numpy(ok)], coded.meas[ok])
+    return DataChunk(step, coded.count, prop.check(coded.count, state.header.delta), coded.params,
+                     coded.words), delta_code
 
 
-def _code_innovation(prop: _Proposal, truth: np.ndarray, allowed: int, delta: float):
-    """Residuals against the samples' prediction, float8-quantized with step delta, range-coded (§6.11).
-
-    Returns (rows, params, words, measurements) or None when nothing useful fits.
-    """
+def _code_innovation(prop: _Proposal, truth: np.ndarray, allowed: int, delta: float,
+                     delta_code: int) -> _Coded | None:
+    """Residuals against the samples' prediction, float8-quantized with step `delta` (the header's delta at
+    `delta_code`), range-coded (§6.11). None when nothing useful fits."""
     resid = truth - prop.mean
     ok = prop.usable
     code = _scale_code(resid[ok] / np.maximum(prop.sigma[ok], 1e-12))
@@ -414,7 +471,8 @@ def _code_innovation(prop: _Proposal, truth: np.ndarray, allowed: int, delta: fl
     symbols = quantize(resid, delta)
     bits = np.zeros(len(symbols))
     bits[ok] = entropy.cost_bits(symbols[ok], levels[ok])
-    allowed -= 1  # the scale code
+    params = struct.pack(">bb", code, delta_code)
+    allowed -= len(params)
     count = int(np.searchsorted(np.ceil(np.cumsum(bits) / 32) * 4 + 4, allowed, side="right"))
     while count > 0:
         words = entropy.encode(symbols[:count][ok[:count]], levels[:count][ok[:count]])
@@ -423,10 +481,10 @@ def _code_innovation(prop: _Proposal, truth: np.ndarray, allowed: int, delta: fl
         count = int(count * 0.95)
     if count == 0 or not ok[:count].any():
         return None
-    return count, struct.pack(">b", code), words, prop.mean[:count] + dequantize(symbols[:count], delta)
+    return _Coded(count, params, words, prop.mean[:count] + dequantize(symbols[:count], delta))
 
 
-def _code_raw(prop: _Proposal, truth: np.ndarray, allowed: int, delta: float):
+def _code_raw(prop: _Proposal, truth: np.ndarray, allowed: int) -> _Coded | None:
     """Paper-faithful coding (§6.11): each measurement as one unscaled float8 byte; no prediction, no model
     (so no use for delta, which only enters the check value)."""
     ok = prop.usable
@@ -434,7 +492,7 @@ def _code_raw(prop: _Proposal, truth: np.ndarray, allowed: int, delta: float):
     if count == 0 or not ok[:count].any():
         return None
     raw = float8_bytes(truth[:count])
-    return count, b"", _pad_words(raw[ok[:count]].tobytes()), float8_values(raw)
+    return _Coded(count, b"", _pad_words(raw[ok[:count]].tobytes()), float8_values(raw))
 
 
 def _pad_words(data: bytes) -> bytes:
@@ -444,7 +502,8 @@ def _pad_words(data: bytes) -> bytes:
 def _decode_step(state: SensingState, chunk: DataChunk) -> None:
     prop = state.propose(chunk.step)
     delta, count, raw = state.header.delta, chunk.rows, state.header.coding == "raw"
-    if not 1 <= count <= len(prop.tile_of) or len(chunk.params) != (0 if raw else 1):
+    params_size = 0 if raw else (2 if state.header.version >= 5 else 1)  # version 5 added the delta code
+    if not 1 <= count <= len(prop.tile_of) or len(chunk.params) != params_size:
         raise CorruptFileError(f"DATA chunk {chunk.step} declares {count} rows, outside 1..{len(prop.tile_of)}, "
                                "or has malformed parameters")
     if chunk.check != prop.check(count, delta):
@@ -458,7 +517,9 @@ def _decode_step(state: SensingState, chunk: DataChunk) -> None:
         if not np.all(np.isfinite(meas)):
             raise CorruptFileError(f"DATA chunk {chunk.step} holds a NaN float8 measurement")
     else:
-        code = struct.unpack(">b", chunk.params)[0]
+        fields = struct.unpack(f">{params_size}b", chunk.params)  # spread-scale code, then (version 5) delta code
+        code, delta_code = fields if params_size == 2 else (fields[0], 0)
+        delta = step_delta(delta, delta_code)
         symbols = entropy.decode(chunk.words, _levels(prop, code, delta)[:count][ok])
         meas = prop.mean[:count][ok] + dequantize(symbols, delta)
     state.add(prop.tile_of[:count][ok], prop.rows[:count][torch.from_numpy(ok)], meas)
@@ -472,7 +533,7 @@ class Encoded:
     data: bytes
     steps: int
     state: SensingState = field(repr=False)
-    evaluations: int = 0  # denoiser evaluations spent encoding, abandoned attempts at a coarser step included
+    evaluations: int = 0  # denoiser evaluations spent encoding, a try abandoned after two steps included
 
     def reconstruct(self, mode: str = "mean") -> np.ndarray:
         return _finish_pixels(self.state.reconstruct(mode), self.state.header, None)
@@ -522,18 +583,18 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
         raise ValueError(f"model {model_id} codes {prior.pixel_channels}-channel images, not {channels}-channel")
     if (cfg.tile or prior.tile) % prior.tile_multiple:
         raise ValueError(f"model {model_id} needs a tile size that is a multiple of {prior.tile_multiple}")
-    # An automatic step can be too coarse for smooth content: most innovations fall below it, each step carries a
-    # few bytes, and spending the budget takes dozens of steps (each a full round of sampling) or never happens
-    # (§12). The encoder then starts again with half the step; an explicit step is the caller's choice and is kept.
+    # An automatic quantizer step adapts to the content (§12): a step too coarse for smooth content leaves most
+    # innovations below it and the budget would take dozens of steps (each a full round of sampling), so the encoder
+    # refines it from step to step. An explicit step is the caller's choice and is kept.
     automatic = cfg.delta is None
     delta = auto_delta(8 * budget / (h * w)) if automatic else cfg.delta
     evaluations = 0
     while True:
-        can_refine = automatic and delta > AUTO_DELTA_MIN
+        restart = automatic and delta > AUTO_DELTA_MIN
         encoded, spent = _encode_with_delta(colour, alpha, budget, delta, prior, prompt, seed, cfg, metadata,
-                                            progress, step_horizon=AUTO_DELTA_STEPS if can_refine else None)
+                                            progress, refine=automatic, may_restart=restart)
         evaluations += spent
-        if encoded is not None and (not can_refine or len(encoded.data) >= AUTO_DELTA_FILL * budget):
+        if encoded is not None:
             encoded.evaluations = evaluations
             return encoded
         delta = max(delta / 2, AUTO_DELTA_MIN)
@@ -541,9 +602,10 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
 
 def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int, delta: float, prior: Prior,
                        prompt: str, seed: int, cfg: CodecConfig, metadata: dict[str, bytes] | None,
-                       progress: bool, step_horizon: int | None = None) -> tuple[Encoded | None, int]:
-    """One encode at quantizer step `delta`, and the denoiser evaluations it spent. With a `step_horizon`, gives
-    up (None) as soon as the last step's size says the budget would take more steps than that to spend."""
+                       progress: bool, refine: bool, may_restart: bool) -> tuple[Encoded | None, int]:
+    """One encode starting at quantizer step `delta`, and the denoiser evaluations it spent. With `refine` the step
+    is refined from step to step (`_off_pace`), without it stays `delta`; with `may_restart` the encode gives up
+    (None) after two steps when `_start_finer` says so."""
     h, w, channels = colour.shape
     header = Header(
         width=w, height=h, channels=channels, has_alpha=alpha is not None, prior_id=prior.id,
@@ -570,17 +632,21 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     signal_tiles = state.grid.to_tiles(signal)[:, 0]
     psc.data.append(_encode_base(state, signal_tiles, remaining, cfg.base_share))
     remaining -= len(pack_chunk(b"DATA", psc.data[0].to_bytes()))
+    delta_code, step_bytes = 0, []
     with _progress(progress, "encode", None) as bar:
         for step in range(1, cfg.max_steps + 1):
-            chunk = _encode_step(state, step, signal_tiles, remaining)
-            if chunk is None:
+            coded = _encode_step(state, step, signal_tiles, remaining, delta_code, refine)
+            if coded is None:
                 break
+            chunk, delta_code = coded
             psc.data.append(chunk)
-            chunk_bytes = len(pack_chunk(b"DATA", chunk.to_bytes()))
-            remaining -= chunk_bytes
+            step_bytes.append(len(pack_chunk(b"DATA", chunk.to_bytes())))
+            remaining -= step_bytes[-1]
             bar.update(1)
-            if step_horizon is not None and step + remaining / chunk_bytes > step_horizon:
+            if may_restart and _start_finer(step_bytes, remaining):
                 return None, state.evaluations
+            if refine and _off_pace(step_bytes, remaining):
+                delta_code = max(delta_code - REFINE_CODES, FINEST_DELTA_CODE)
     data = psc.to_bytes()
     assert len(data) <= budget, "rate control exceeded the budget"
     return Encoded(data, len(psc.data), state), state.evaluations

@@ -28,7 +28,7 @@ def test_encode_info_decode(tmp_path, capsys):
     png = tmp_path / "dec.png"
     assert main(["decode", str(out), str(png), "--mode", "sample", "--steps", "2"]) == 0
     assert psnr(np.asarray(Image.open(png)), crop) > 18
-    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 4)
+    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 5)
 
 
 def test_encode_paper_configuration(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -94,40 +96,91 @@ def test_bfloat16_precision_is_written_and_followed_by_the_decoder(crop64, encod
         codec.encode(crop64, rate=0.6, config=dataclasses.replace(FAST, precision="float16"))
 
 
+def _delta_codes(data: bytes) -> list[int]:
+    """The delta code of every adaptive step of an innovation-coded file (PSC.md §4)."""
+    return [struct.unpack(">bb", chunk.params)[1] for chunk in read_file(data).data[1:]]
+
+
 def test_a_too_coarse_automatic_step_is_refined(crop64, monkeypatch):
     """Smooth content (e.g. an upscaled photo) can leave every innovation below a coarse automatic step: the
-    encoder would stop with most of the budget unused, so it re-encodes with a finer step. An explicit step is
-    the caller's choice and is kept."""
+    encoder would stop with most of the budget unused, so it codes the step with a finer quantizer step, and the
+    following ones too. An explicit step is the caller's choice and is kept."""
     import dataclasses
     budget = int(0.6 * 64 * 64 / 8)
     monkeypatch.setattr(codec, "auto_delta", lambda bpp: 60.0)
     refined = codec.encode(crop64, rate=0.6, config=FAST)
-    assert read_file(refined.data).header.delta < 60 and len(refined.data) >= codec.AUTO_DELTA_FILL * budget
+    codes, header = _delta_codes(refined.data), read_file(refined.data).header
+    assert codec.step_delta(header.delta, codes[0]) < 60 and len(refined.data) > 0.9 * budget
+    assert all(b <= a for a, b in zip(codes, codes[1:]))
     kept = codec.encode(crop64, rate=0.6, config=dataclasses.replace(FAST, delta=60.0))
-    assert read_file(kept.data).header.delta == 60.0 and len(kept.data) < codec.AUTO_DELTA_FILL * budget
+    assert read_file(kept.data).header.delta == 60.0 and len(kept.data) < 0.6 * budget
+    assert set(_delta_codes(kept.data)) <= {0}
+    for encoded in (refined, kept):
+        assert np.array_equal(codec.decode_array(encoded.data).pixels, encoded.reconstruct("mean"))
 
 
-def test_an_automatic_step_whose_steps_are_too_small_is_halved(crop64, monkeypatch):
-    """Dozens of tiny steps cost dozens of sampling rounds: an automatic step whose last step says the budget would
-    take more than AUTO_DELTA_STEPS steps is halved and the encode restarts, down to AUTO_DELTA_MIN."""
+@pytest.mark.parametrize("step_bytes, remaining, off", [
+    ([1000], 10_000, False),  # 1 + 10000 / 1000 = 11 steps: on pace
+    ([1000], 11_500, True),  # 12.5 steps
+    ([500, 600], 4_000, False),  # growing chunks: 2 + 4000 / 600 = 8.7 steps
+    ([854, 370, 374], 1_992, False),  # kodim23 at 0.1 bpp (bfloat16): 3 + 1992 / 374 = 8.3 steps, a growing chunk
+    ([1038, 650], 2_139, False),  # kodim19 there at 0.8: a tail of 1089 bytes > 0.4 * 2139; it spends it in 11 steps
+    ([1313, 973, 601], 2_500, True),  # a tail of 601 * 0.62 / 0.38 = 971 bytes < 0.4 * 2500
+    ([1774, 1174], 5_302, False),  # kodim19 at 0.2 bpp and 0.4: a tail of 2297 bytes > 0.4 * 5302
+    ([737, 57], 50, False),  # a chunk that took all but its own size of the budget ends the encode
+])
+def test_off_pace_reads_the_chunk_sizes(step_bytes, remaining, off):
+    assert codec._off_pace(step_bytes, remaining) is off
+
+
+@pytest.mark.parametrize("step_bytes, remaining, restart", [
+    ([854, 370], 2_366, True),  # kodim23 at 0.1 bpp and 0.8 (bfloat16): a tail of 283 bytes, 0.12 of the rest
+    ([1362, 714], 5_870, True),  # kodim03 at 0.2 bpp and 0.4: a tail of 786 bytes, 0.13 of the rest
+    ([1774, 1174], 5_302, False),  # kodim19 at 0.2 bpp and 0.4: 2297 bytes, 0.43 of the rest
+    ([854], 2_366, False),  # judged after two steps only
+    ([854, 370, 100], 2_000, False),
+])
+def test_start_finer_after_two_steps_whose_tail_is_small(step_bytes, remaining, restart):
+    assert codec._start_finer(step_bytes, remaining) is restart
+
+
+def test_an_encode_at_a_step_far_too_coarse_starts_again_at_half(crop64, monkeypatch):
+    """A try abandoned after two steps costs their evaluations; the tries halve the step down to AUTO_DELTA_MIN,
+    where the encode is no longer abandoned."""
     tried = []
     real = codec._encode_with_delta
 
     def spy(*args, **kwargs):
         encoded, spent = real(*args, **kwargs)
-        tried.append((args[3], kwargs["step_horizon"], spent))
+        tried.append((args[3], kwargs["may_restart"], encoded is None, spent))
         return encoded, spent
 
     monkeypatch.setattr(codec, "_encode_with_delta", spy)
-    monkeypatch.setattr(codec, "AUTO_DELTA_STEPS", 1)  # only a step that spends the whole budget would do
+    monkeypatch.setattr(codec, "RESTART_SHARE", 1e9)  # every try with two steps is abandoned
     result = codec.encode(crop64, rate=0.6, config=FAST)
-    deltas = [delta for delta, _, _ in tried]
+    deltas = [delta for delta, *_ in tried]
     assert deltas[0] == pytest.approx(codec.auto_delta(0.6), rel=0.01) and deltas[-1] == codec.AUTO_DELTA_MIN
     assert all(b == max(a / 2, codec.AUTO_DELTA_MIN) for a, b in zip(deltas, deltas[1:]))
-    assert [horizon for _, horizon, _ in tried] == [1] * (len(tried) - 1) + [None]
-    assert result.evaluations == sum(spent for _, _, spent in tried) > result.state.evaluations
-    assert read_file(result.data).header.delta == pytest.approx(codec.AUTO_DELTA_MIN)
+    assert [(may, gave_up) for _, may, gave_up, _ in tried] == [(True, True)] * (len(tried) - 1) + [(False, False)]
+    per_step = FAST.samples * FAST.sampler_steps
+    assert all(spent == 2 * per_step for *_, gave_up, spent in tried if gave_up)
+    assert result.evaluations == sum(spent for *_, spent in tried) > result.state.evaluations
     assert np.array_equal(codec.decode_array(result.data).pixels, result.reconstruct("mean"))
+
+
+def test_an_automatic_step_off_pace_is_refined_from_step_to_step(crop64, monkeypatch):
+    """Dozens of tiny steps cost dozens of sampling rounds: after every step whose chunk says the rest of the budget
+    would take the encode past PACE_STEPS steps, the next steps are quantized REFINE_CODES finer. Nothing is
+    encoded twice: the encoder's evaluations are those of the decoder's steps."""
+    monkeypatch.setattr(codec, "PACE_STEPS", 1)  # only a step that spends the whole budget would keep the pace
+    monkeypatch.setattr(codec, "RESTART_SHARE", 0.0)  # and the encode never starts again
+    result = codec.encode(crop64, rate=0.6, config=FAST)
+    codes = _delta_codes(result.data)
+    assert len(codes) >= 2 and codes == [-codec.REFINE_CODES * k for k in range(len(codes))]
+    assert result.evaluations == result.state.evaluations
+    decoded = codec.decode_array(result.data)  # the same steps, then the output image's samples
+    assert decoded.evaluations == result.evaluations + FAST.output_samples * FAST.sampler_steps
+    assert np.array_equal(decoded.pixels, result.reconstruct("mean"))
 
 
 def test_seed_changes_the_bitstream_but_not_the_size_class(crop64, encoded64):
