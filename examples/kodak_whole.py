@@ -14,7 +14,10 @@ often cannot go (its smallest Kodak file is 0.07-0.21 bpp). This script is the c
   the codec's smallest file it is extrapolated from its lowest points and counted as such.
 
 `summary.md` gets one row per rate: means over the photos done, PSC minus each baseline, and on how many photos
-PSC is ahead.
+PSC is ahead. With `--compare DIR` (an earlier run's folder, e.g. another build or rate control) it also gets
+PSC minus that run on the photos both hold, per rate: a change measured on only the photos it affects.
+
+    python examples/kodak_whole.py --images kodim09 kodim19 --rates 0.2 --out new --compare examples/results/kodak24
 """
 
 from __future__ import annotations
@@ -110,6 +113,23 @@ def summary(out: Path, curves: dict[str, list[list[float]]]) -> str:
     return "\n".join(lines)
 
 
+def compare(out: Path, reference: Path) -> str:
+    """Per rate: this run minus the reference run's records of the same photos (PSNR, encoder evaluations)."""
+    before = {(r["image"], r["rate"]): r for r in _lines(reference / "psc.jsonl")}
+    pairs = [(new, before[new["image"], new["rate"]]) for new in _lines(out / "psc.jsonl")
+             if (new["image"], new["rate"]) in before]
+    lines = [f"| target bpp | photos | PSC − {reference.name} (dB), mean | better / worse by 0.05 dB or more | "
+             "encoder evaluations (this run / reference) |", "|---|---|---|---|---|"]
+    for rate in sorted({new["rate"] for new, _ in pairs}):
+        rows = [(new, old) for new, old in pairs if new["rate"] == rate]
+        gaps = [new["psnr"] - old["psnr"] for new, old in rows]
+        lines.append(f"| {rate} | {len(rows)} ({', '.join(new['image'][-2:] for new, _ in rows)}) | "
+                     f"{np.mean(gaps):+.2f} | {sum(g >= 0.05 for g in gaps)} / {sum(g <= -0.05 for g in gaps)} | "
+                     f"{np.mean([new['evaluations'] for new, _ in rows]):.0f} / "
+                     f"{np.mean([old['evaluations'] for _, old in rows]):.0f} |")
+    return "\n".join(lines)
+
+
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -122,12 +142,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--crop", type=int, help="centre crop N x N (default: whole photos; for quick checks)")
     parser.add_argument("--out", type=Path, default=Path("kodak24"))
+    parser.add_argument("--compare", type=Path, help="an earlier run's folder: add this run minus that one")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     encode_photos(args.images, args.rates, pillow_psc.CodecConfig(precision=args.precision), args.out, args.crop)
     table = summary(args.out, sweep_baselines(args.images, args.out, args.crop))
+    if args.compare:
+        table += "\n\n" + compare(args.out, args.compare)
     (args.out / "summary.md").write_text(table + "\n")
     print(table)
 

@@ -39,3 +39,18 @@ def test_baseline_psnr_is_interpolated_in_log_bpp_and_extrapolated_below_the_cur
     assert kodak_whole.psnr_at(curve, 0.2) == (pytest.approx(22.0), False)
     assert kodak_whole.psnr_at(curve, 2 ** -0.5 * 0.4) == (pytest.approx(23.0), False)
     assert kodak_whole.psnr_at(curve, 0.05) == (pytest.approx(18.0), True)
+
+
+def test_kodak_whole_compares_with_an_earlier_run_on_the_photos_both_hold(tmp_path):
+    kodak_whole = _example("kodak_whole")
+    new, old = tmp_path / "new", tmp_path / "kodak24"
+    for folder, records in ((new, [("kodim09", 0.1, 27.97, 1056), ("kodim19", 0.1, 25.96, 1056),
+                                   ("kodim19", 0.2, 28.70, 1344)]),
+                            (old, [("kodim09", 0.1, 28.40, 768), ("kodim19", 0.1, 24.83, 1344),
+                                   ("kodim01", 0.2, 24.5, 576)])):
+        folder.mkdir()
+        (folder / "psc.jsonl").write_text("".join(
+            json.dumps({"image": i, "rate": r, "psnr": p, "evaluations": e}) + "\n" for i, r, p, e in records))
+    table = kodak_whole.compare(new, old).splitlines()
+    assert table[0].startswith("| target bpp | photos | PSC − kodak24 (dB), mean |")
+    assert table[2:] == ["| 0.1 | 2 (09, 19) | +0.35 | 1 / 1 | 1056 / 1056 |"]  # 0.2: no photo in both runs
