@@ -585,7 +585,8 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
         raise ValueError(f"model {model_id} needs a tile size that is a multiple of {prior.tile_multiple}")
     # An automatic quantizer step adapts to the content (§12): a step too coarse for smooth content leaves most
     # innovations below it and the budget would take dozens of steps (each a full round of sampling), so the encoder
-    # refines it from step to step. An explicit step is the caller's choice and is kept.
+    # starts again at half of it (judged after two steps) or refines it from step to step. An explicit step is the
+    # caller's choice and is kept.
     automatic = cfg.delta is None
     delta = auto_delta(8 * budget / (h * w)) if automatic else cfg.delta
     evaluations = 0

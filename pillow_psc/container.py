@@ -21,7 +21,7 @@ from .errors import CorruptFileError, NotPSCError, UnsupportedFileError
 
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
 FORMAT_VERSION = 5  # written by this build
-READABLE_VERSIONS = (1, 2, 3, 4, 5)  # 1: rows ranked by raw spread (PSC.md §6.10); 3 +coding; 4 +precision; 5 +delta codes
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision, 5 +delta code
 CODINGS = ("innovation", "raw")  # how adaptive measurements are coded (PSC.md §6.11)
 PRECISIONS = ("float32", "bfloat16")  # arithmetic of the denoiser (PSC.md §6.2)
 MAX_DIMENSION = 65535
