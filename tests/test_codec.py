@@ -120,17 +120,22 @@ def test_a_too_coarse_automatic_step_is_refined(crop64, monkeypatch):
 
 
 @pytest.mark.parametrize("step_bytes, remaining, off", [
-    ([1000], 10_000, False),  # 1 + 10000 / 1000 = 11 steps: on pace
-    ([1000], 11_500, True),  # 12.5 steps
-    ([500, 600], 4_000, False),  # growing chunks: 2 + 4000 / 600 = 8.7 steps
-    ([854, 370, 374], 1_992, False),  # kodim23 at 0.1 bpp (bfloat16): 3 + 1992 / 374 = 8.3 steps, a growing chunk
-    ([1038, 650], 2_139, False),  # kodim19 there at 0.8: a tail of 1089 bytes > 0.4 * 2139; it spends it in 11 steps
-    ([1313, 973, 601], 2_500, True),  # a tail of 601 * 0.62 / 0.38 = 971 bytes < 0.4 * 2500
-    ([1774, 1174], 5_302, False),  # kodim19 at 0.2 bpp and 0.4: a tail of 2297 bytes > 0.4 * 5302
+    ([1000], 6_500, False),  # 1 + 6500 / 1000 = 7.5 steps: on pace
+    ([1000], 7_500, True),  # 8.5 steps
+    ([500, 600], 3_000, False),  # growing chunks: 2 + 3000 / 600 = 7 steps
+    ([500, 600], 4_000, True),  # 8.7 steps, however fast the chunks grow
+    ([1038, 650], 2_139, False),  # kodim19 at 0.1 bpp and 0.8 (bfloat16): 5.3 steps, a tail of 1089 bytes > 0.4 * 2139
+    ([1313, 973, 601], 2_500, True),  # 7.2 steps, but a tail of 601 * 0.62 / 0.38 = 971 bytes < 0.4 * 2500
+    ([1774, 1174], 5_302, False),  # kodim19 at 0.2 bpp and 0.4: 6.5 steps, a tail of 2297 bytes > 0.4 * 5302
     ([737, 57], 50, False),  # a chunk that took all but its own size of the budget ends the encode
 ])
 def test_off_pace_reads_the_chunk_sizes(step_bytes, remaining, off):
-    assert codec._off_pace(step_bytes, remaining) is off
+    assert codec._off_pace(step_bytes, remaining, pace=8) is off
+
+
+@pytest.mark.parametrize("bits_per_pixel, pace", [(0.02, 8), (0.05, 8), (0.1, 8), (0.15, 10), (0.2, 12), (1.0, 12)])
+def test_the_pace_is_8_steps_up_to_a_tenth_of_a_bit_and_12_from_a_fifth(bits_per_pixel, pace):
+    assert codec.pace_steps(bits_per_pixel) == pytest.approx(pace)
 
 
 @pytest.mark.parametrize("step_bytes, remaining, restart", [
@@ -170,9 +175,10 @@ def test_an_encode_at_a_step_far_too_coarse_starts_again_at_half(crop64, monkeyp
 
 def test_an_automatic_step_off_pace_is_refined_from_step_to_step(crop64, monkeypatch):
     """Dozens of tiny steps cost dozens of sampling rounds: after every step whose chunk says the rest of the budget
-    would take the encode past PACE_STEPS steps, the next steps are quantized REFINE_CODES finer. Nothing is
+    would take the encode past `pace_steps` steps, the next steps are quantized REFINE_CODES finer. Nothing is
     encoded twice: the encoder's evaluations are those of the decoder's steps."""
-    monkeypatch.setattr(codec, "PACE_STEPS", 1)  # only a step that spends the whole budget would keep the pace
+    # only a step that spends the whole budget would keep the pace
+    monkeypatch.setattr(codec, "pace_steps", lambda bits_per_pixel: 1)
     monkeypatch.setattr(codec, "RESTART_SHARE", 0.0)  # and the encode never starts again
     result = codec.encode(crop64, rate=0.6, config=FAST)
     codes = _delta_codes(result.data)
