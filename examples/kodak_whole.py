@@ -14,8 +14,9 @@ often cannot go (its smallest Kodak file is 0.07-0.21 bpp). This script is the c
   the codec's smallest file it is extrapolated from its lowest points and counted as such.
 
 `summary.md` gets one row per rate: means over the photos done, PSC minus each baseline, and on how many photos
-PSC is ahead. With `--compare DIR` (an earlier run's folder, e.g. another build or rate control) it also gets
-PSC minus that run on the photos both hold, per rate: a change measured on only the photos it affects.
+PSC is ahead. With `--compare DIR ...` (earlier runs' folders, e.g. another build or rate control; a photo's
+record comes from the last folder that holds it) it also gets PSC minus those records on the photos both hold,
+per rate: a change measured on only the photos it affects.
 
     python examples/kodak_whole.py --images kodim09 kodim19 --rates 0.2 --out new --compare examples/results/kodak24
 """
@@ -54,7 +55,7 @@ def encode_photos(names: list[str], rates: list[float], config: pillow_psc.Codec
             record = {"image": name, "rate": rate, "bpp": 8 * len(encoded.data) / pixels[..., 0].size,
                       "psnr": psnr(pixels, encoded.reconstruct("mean")), "encode_s": round(seconds, 1),
                       "evaluations": encoded.evaluations, "delta": header.delta, "steps": encoded.steps,
-                      "precision": header.precision}
+                      "precision": header.precision, "effort": config.effort}
             (out / f"{name}_{rate}.psc").write_bytes(encoded.data)
             with open(out / "psc.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -113,12 +114,13 @@ def summary(out: Path, curves: dict[str, list[list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def compare(out: Path, reference: Path) -> str:
-    """Per rate: this run minus the reference run's records of the same photos (PSNR, encoder evaluations)."""
-    before = {(r["image"], r["rate"]): r for r in _lines(reference / "psc.jsonl")}
+def compare(out: Path, references: list[Path]) -> str:
+    """Per rate: this run minus earlier runs' records of the same photos (PSNR, encoder evaluations). A photo's
+    record is taken from the last of `references` that holds it (a later run overrides an earlier one)."""
+    before = {(r["image"], r["rate"]): r for ref in references for r in _lines(ref / "psc.jsonl")}
     pairs = [(new, before[new["image"], new["rate"]]) for new in _lines(out / "psc.jsonl")
              if (new["image"], new["rate"]) in before]
-    lines = [f"| target bpp | photos | PSC − {reference.name} (dB), mean | better / worse by 0.05 dB or more | "
+    lines = [f"| target bpp | photos | PSC − {' + '.join(ref.name for ref in references)} (dB), mean | better / worse by 0.05 dB or more | "
              "encoder evaluations (this run / reference) |", "|---|---|---|---|---|"]
     for rate in sorted({new["rate"] for new, _ in pairs}):
         rows = [(new, old) for new, old in pairs if new["rate"] == rate]
@@ -139,15 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", nargs="+", default=[f"kodim{i:02d}" for i in range(1, 25)])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.1])
     parser.add_argument("--precision", choices=pillow_psc.container.PRECISIONS, default="float32")
+    parser.add_argument("--effort", type=int, choices=sorted(pillow_psc.codec.EFFORTS),
+                        default=pillow_psc.codec.DEFAULT_EFFORT, help="encoder effort (pillow_psc.codec.EFFORTS)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--crop", type=int, help="centre crop N x N (default: whole photos; for quick checks)")
     parser.add_argument("--out", type=Path, default=Path("kodak24"))
-    parser.add_argument("--compare", type=Path, help="an earlier run's folder: add this run minus that one")
+    parser.add_argument("--compare", type=Path, nargs="+",
+                        help="earlier runs' folders: add this run minus them (later folders override earlier)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    encode_photos(args.images, args.rates, pillow_psc.CodecConfig(precision=args.precision), args.out, args.crop)
+    config = pillow_psc.CodecConfig(precision=args.precision, effort=args.effort)
+    encode_photos(args.images, args.rates, config, args.out, args.crop)
     table = summary(args.out, sweep_baselines(args.images, args.out, args.crop))
     if args.compare:
         table += "\n\n" + compare(args.out, args.compare)

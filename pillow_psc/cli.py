@@ -39,6 +39,8 @@ def _encode(args: argparse.Namespace) -> None:
         image = codable_image(im)
         metadata = {k: im.info[k] for k in ("icc_profile", "exif", "xmp") if im.info.get(k)}
     config = codec.PAPER_CONFIG if args.paper else codec.CodecConfig()
+    if args.effort is not None:
+        config = dataclasses.replace(config, effort=args.effort)
     if args.samples:
         config = dataclasses.replace(config, samples=args.samples)
     if args.delta is not None:
@@ -114,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--model", help="prior: ffdnet (default), diffusers-pixel:<id|dir>, sd:<id|dir>")
     enc.add_argument("--prompt", default="", help="text prompt (Stable Diffusion priors)")
     enc.add_argument("--seed", type=int, default=0)
-    enc.add_argument("--samples", type=int, help="posterior samples per step (default 8)")
+    enc.add_argument("--effort", type=int, choices=sorted(codec.EFFORTS),
+                     help=f"1 (fastest) .. {max(codec.EFFORTS)}: denoiser evaluations per step "
+                          f"(default {codec.DEFAULT_EFFORT})")
+    enc.add_argument("--samples", type=int, help="posterior samples per step (default: by effort, 8 at the default)")
     enc.add_argument("--delta", type=float,
                      help="quantizer step in signal units (default: chosen from the rate); finer steps mean fewer, "
                           "costlier measurements and fewer steps")

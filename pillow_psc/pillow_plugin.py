@@ -7,6 +7,7 @@ does); La -> LA, RGBa -> RGBA; RGBX, CMYK, YCbCr, LAB, HSV -> RGB. Any other mod
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -98,10 +99,13 @@ def _metadata(im: Image.Image, info: dict) -> dict[str, bytes]:
 def _save(im: Image.Image, fp, filename) -> None:
     info = im.encoderinfo
     pixels = np.asarray(codable_image(im))
+    config = info.get("config")
+    if "effort" in info:
+        config = dataclasses.replace(config or codec.CodecConfig(), effort=info["effort"])
     data = codec.encode_array(
         pixels, rate=info.get("rate"), max_bytes=info.get("max_bytes"), model=info.get("model"),
         prompt=info.get("prompt", ""), seed=int(info.get("seed", 0)), device=info.get("device", "auto"),
-        config=info.get("config"), metadata=_metadata(im, info), progress=bool(info.get("progress", False)))
+        config=config, metadata=_metadata(im, info), progress=bool(info.get("progress", False)))
     fp.write(data)
 
 

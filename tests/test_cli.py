@@ -72,3 +72,17 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
     assert main(["encode", str(src), str(tmp_path / "y.psc"), "--max-bytes", "40"]) == 1
     assert not (tmp_path / "y.psc").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".psc-")], "temporary files must be removed"
+
+
+def test_encode_effort_sets_the_evaluations_per_step(tmp_path, capsys):
+    """--effort 1 halves the prior's sampler steps (FFDNet: 6 -> 3) and takes 5 samples; --samples still wins."""
+    src, out = tmp_path / "in.png", tmp_path / "fast.psc"
+    Image.fromarray(kodak_crop("kodim23", (16, 16))).save(src)
+    for argv, expected in ((["--effort", "1"], (5, 3)), (["--effort", "2", "--samples", "3"], (3, 4))):
+        assert main(["encode", str(src), str(out), "--max-bytes", "200", *argv]) == 0
+        capsys.readouterr()
+        assert main(["info", str(out), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert (info["samples"], info["sampler_steps"]) == expected
+    with pytest.raises(SystemExit):
+        main(["encode", str(src), str(out), "--effort", "4"])

@@ -53,6 +53,21 @@ def test_working_in_chunks_changes_nothing(crop64, encoded64, monkeypatch):
     assert np.array_equal(codec.decode_array(encoded.data).pixels, encoded64.reconstruct("mean"))
 
 
+def test_effort_sets_samples_and_sampler_steps_unless_given(crop64):
+    """Effort picks the evaluations per step (samples x a share of the prior's sampler steps); the default effort
+    is the prior's own sampler steps with 8 samples; explicit values win; an unknown effort is refused."""
+    small = crop64[:16, :16]
+    for effort, expected in ((1, (5, 3)), (2, (5, 4)), (3, (8, 6))):
+        header = read_file(codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=effort)).data).header
+        assert (header.samples, header.sampler_steps) == expected
+    assert codec.CodecConfig().effort == codec.DEFAULT_EFFORT == 3
+    explicit = codec.CodecConfig(effort=1, samples=4, sampler_steps=2)
+    header = read_file(codec.encode(small, max_bytes=200, config=explicit).data).header
+    assert (header.samples, header.sampler_steps) == (4, 2)
+    with pytest.raises(ValueError, match="effort must be one of 1, 2, 3"):
+        codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=0))
+
+
 def test_raw_coding_sends_one_float8_byte_per_measurement():
     """coding="raw" (the paper's quantizer): an adaptive step's words are the unscaled float8 bytes of its
     measurements, zero-padded to 4 bytes; the decoder reproduces the encoder; innovation coding wins clearly."""

@@ -23,7 +23,7 @@ def test_kodak_whole_compares_at_psc_bpp_and_resumes(tmp_path, capsys):
     argv = ["--images", "kodim23", "--rates", "0.6", "--crop", "64", "--out", str(tmp_path)]
     kodak_whole.main(argv)
     record, = [json.loads(line) for line in (tmp_path / "psc.jsonl").read_text().splitlines()]
-    assert record["image"] == "kodim23" and 0.3 < record["bpp"] <= 0.6 and record["psnr"] > 15
+    assert record["image"] == "kodim23" and 0.3 < record["bpp"] <= 0.6 and record["psnr"] > 15 and record["effort"] == 3
     assert (tmp_path / "kodim23_0.6.psc").stat().st_size * 8 == pytest.approx(record["bpp"] * 64 * 64)
     curves = json.loads((tmp_path / "baselines.json").read_text())
     assert set(curves) == {f"kodim23/{c}" for c in kodak_whole.BASELINES}
@@ -51,6 +51,12 @@ def test_kodak_whole_compares_with_an_earlier_run_on_the_photos_both_hold(tmp_pa
         folder.mkdir()
         (folder / "psc.jsonl").write_text("".join(
             json.dumps({"image": i, "rate": r, "psnr": p, "evaluations": e}) + "\n" for i, r, p, e in records))
-    table = kodak_whole.compare(new, old).splitlines()
+    table = kodak_whole.compare(new, [old]).splitlines()
     assert table[0].startswith("| target bpp | photos | PSC − kodak24 (dB), mean |")
     assert table[2:] == ["| 0.1 | 2 (09, 19) | +0.35 | 1 / 1 | 1056 / 1056 |"]  # 0.2: no photo in both runs
+    later = tmp_path / "kodak24_v5"  # a later run's record of kodim19 at 0.1 replaces the earlier one
+    later.mkdir()
+    (later / "psc.jsonl").write_text(json.dumps({"image": "kodim19", "rate": 0.1, "psnr": 25.97, "evaluations": 768}))
+    table = kodak_whole.compare(new, [old, later]).splitlines()
+    assert table[0].startswith("| target bpp | photos | PSC − kodak24 + kodak24_v5 (dB), mean |")
+    assert table[2:] == ["| 0.1 | 2 (09, 19) | -0.22 | 0 / 1 | 1056 / 768 |"]
