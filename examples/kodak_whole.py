@@ -120,7 +120,8 @@ def compare(out: Path, references: list[Path]) -> str:
     before = {(r["image"], r["rate"]): r for ref in references for r in _lines(ref / "psc.jsonl")}
     pairs = [(new, before[new["image"], new["rate"]]) for new in _lines(out / "psc.jsonl")
              if (new["image"], new["rate"]) in before]
-    lines = [f"| target bpp | photos | PSC − {' + '.join(ref.name for ref in references)} (dB), mean | better / worse by 0.05 dB or more | "
+    names = " + ".join(ref.name for ref in references)
+    lines = [f"| target bpp | photos | PSC − {names} (dB), mean | better / worse by 0.05 dB or more | "
              "encoder evaluations (this run / reference) |", "|---|---|---|---|---|"]
     for rate in sorted({new["rate"] for new, _ in pairs}):
         rows = [(new, old) for new, old in pairs if new["rate"] == rate]

@@ -632,9 +632,9 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     is refined from step to step (`_off_pace`), without it stays `delta`; with `may_restart` the encode gives up
     (None) after two steps when `_start_finer` says so."""
     h, w, channels = colour.shape
-    samples, share = EFFORTS[cfg.effort]
-    samples = cfg.samples or samples
-    sampler_steps = cfg.sampler_steps or max(1, round(prior.sampler_steps * share))
+    effort_samples, effort_share = EFFORTS[cfg.effort]
+    samples = cfg.samples or effort_samples
+    sampler_steps = cfg.sampler_steps or max(1, round(prior.sampler_steps * effort_share))
     header = Header(
         width=w, height=h, channels=channels, has_alpha=alpha is not None, prior_id=prior.id,
         model_sha256=prior.sha256, seed=seed, prompt=prompt, sampler=SAMPLER,
