@@ -372,6 +372,9 @@ RESTART_SHARE = 0.25  # after two steps whose chunks' tail could not spend this 
 TAIL_SHARE = 0.4  # later, refined when off pace (pace_steps) or when further chunks could not spend this share,
 REFINE_CODES = 2  # ... by this many delta codes: a factor 2^(1/2)
 FINEST_DELTA_CODE = -64  # and never below delta * 2^-16
+RD_LAMBDA = 0.06  # rate-distortion optimised quantization: squared error (in delta^2) that one bit is worth,
+SCALE_SEARCH = 4  # ... judged at the calibrated spread-scale code and this many codes below it (`_rd_quantize`)
+_ZERO_SYMBOL = int(quantize(np.zeros(1), 1.0)[0])
 
 
 def auto_delta(bits_per_pixel: float) -> float:
@@ -489,8 +492,7 @@ def _code_innovation(prop: _Proposal, truth: np.ndarray, allowed: int, delta: fl
     code = _scale_code(resid[ok] / np.maximum(prop.sigma[ok], 1e-12))
     if not np.any(ok & (prop.sigma * 2.0 ** (code / 8) > delta / 4)):
         return None  # the image is pinned down to below the quantizer step: more rows cannot help
-    levels = _levels(prop, code, delta)
-    symbols = quantize(resid, delta)
+    symbols, levels, code = _rd_quantize(prop, resid, delta, code)
     bits = np.zeros(len(symbols))
     bits[ok] = entropy.cost_bits(symbols[ok], levels[ok])
     params = struct.pack(">bb", code, delta_code)
@@ -504,6 +506,32 @@ def _code_innovation(prop: _Proposal, truth: np.ndarray, allowed: int, delta: fl
     if count == 0 or not ok[:count].any():
         return None
     return _Coded(count, params, words, prop.mean[:count] + dequantize(symbols[:count], delta))
+
+
+def _rd_quantize(prop: _Proposal, resid: np.ndarray, delta: float,
+                 calibrated: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Symbols, their tables' levels and the spread-scale code that minimise squared error + RD_LAMBDA * bits
+    (error in units of delta) over the usable rows; an encoder choice, the decoder reads the result.
+
+    Each residual is rounded to the nearest float8 value or one cell toward zero, whichever costs less: for rows
+    whose spread is below the quantizer step a nonzero symbol costs several bits for little error. The zeros this
+    adds make a narrower table (a scale code below the calibrated one) cheaper, so a few codes are tried. On four
+    320 px Kodak crops at 0.1 and 0.2 bpp (bfloat16) lambda 0.06 with 4 codes gained 0.03-0.38 dB, mean +0.12,
+    over rounding to nearest; 0.12 gained +0.11 (one crop -0.35), 0.2 +0.05 (more steps, losses at 0.1 bpp).
+    """
+    ok = prop.usable
+    nearest = quantize(resid, delta)
+    toward = nearest - np.sign(nearest - _ZERO_SYMBOL)
+    best = None
+    for code in range(calibrated, calibrated - SCALE_SEARCH - 1, -1):
+        levels = _levels(prop, code, delta)
+        costs = [(resid / delta - dequantize(s, 1.0)) ** 2 + RD_LAMBDA * entropy.cost_bits(s, levels)
+                 for s in (nearest, toward)]
+        symbols = np.where(costs[1] < costs[0], toward, nearest)
+        total = float(np.minimum(*costs)[ok].sum())
+        if best is None or total < best[0]:
+            best = total, symbols, levels, code
+    return best[1:]
 
 
 def _code_raw(prop: _Proposal, truth: np.ndarray, allowed: int) -> _Coded | None:

@@ -6,9 +6,11 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 import pillow_psc
-from pillow_psc import codec
+from pillow_psc import codec, entropy
+from pillow_psc.quantize import dequantize, quantize
 from pillow_psc.container import read_file
 
 from conftest import FAST, kodak_crop, psnr
@@ -162,6 +164,45 @@ def test_the_pace_is_8_steps_up_to_a_tenth_of_a_bit_and_12_from_a_fifth(bits_per
 ])
 def test_start_finer_after_two_steps_whose_tail_is_small(step_bytes, remaining, restart):
     assert codec._start_finer(step_bytes, remaining) is restart
+
+
+def _proposal(sigma: np.ndarray) -> codec._Proposal:
+    n = len(sigma)
+    return codec._Proposal(torch.zeros(n, dtype=torch.long), torch.zeros(n, 1), np.zeros(n), sigma, np.ones(n, bool))
+
+
+def _rd_cost(resid: np.ndarray, symbols: np.ndarray, levels: np.ndarray) -> float:
+    return float(np.sum((resid - dequantize(symbols, 1.0)) ** 2 + codec.RD_LAMBDA * entropy.cost_bits(symbols, levels)))
+
+
+def test_rd_quantization_moves_symbols_one_cell_toward_zero_where_the_bits_pay():
+    """Spreads below the quantizer step, as for most rows at a coarse step: rounding some residuals toward zero and writing a
+    narrower table lowers error + lambda * bits and the bits below rounding to nearest (PSC.md §12)."""
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.1, 1.0, 4000)
+    resid = sigma * rng.standard_normal(4000)
+    prop = _proposal(sigma)
+    calibrated = codec._scale_code(resid / sigma)
+    symbols, levels, code = codec._rd_quantize(prop, resid, 1.0, calibrated)
+    nearest = quantize(resid, 1.0)
+    zero = quantize(np.zeros(1), 1.0)[0]
+    moved = symbols != nearest
+    assert 0 < moved.mean() < 0.5
+    assert np.array_equal(np.abs(symbols[moved] - zero), np.abs(nearest[moved] - zero) - 1)
+    assert calibrated - codec.SCALE_SEARCH <= code < calibrated
+    assert np.array_equal(levels, codec._levels(prop, code, 1.0))
+    nearest_levels = codec._levels(prop, calibrated, 1.0)
+    assert _rd_cost(resid, symbols, levels) < _rd_cost(resid, nearest, nearest_levels)
+    assert entropy.cost_bits(symbols, levels).sum() < 0.9 * entropy.cost_bits(nearest, nearest_levels).sum()
+
+
+def test_without_a_rate_term_the_quantizer_rounds_to_nearest_at_the_calibrated_scale(monkeypatch):
+    monkeypatch.setattr(codec, "RD_LAMBDA", 0.0)
+    rng = np.random.default_rng(1)
+    sigma = rng.uniform(0.1, 3.0, 1000)
+    resid = sigma * rng.standard_normal(1000)
+    symbols, _, code = codec._rd_quantize(_proposal(sigma), resid, 1.0, 5)
+    assert code == 5 and np.array_equal(symbols, quantize(resid, 1.0))
 
 
 def test_an_encode_at_a_step_far_too_coarse_starts_again_at_half(crop64, monkeypatch):
