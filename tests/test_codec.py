@@ -10,8 +10,8 @@ import torch
 
 import pillow_psc
 from pillow_psc import codec, entropy
-from pillow_psc.quantize import dequantize, quantize
 from pillow_psc.container import read_file
+from pillow_psc.quantize import dequantize, quantize
 
 from conftest import FAST, kodak_crop, psnr
 
@@ -176,8 +176,8 @@ def _rd_cost(resid: np.ndarray, symbols: np.ndarray, levels: np.ndarray) -> floa
 
 
 def test_rd_quantization_moves_symbols_one_cell_toward_zero_where_the_bits_pay():
-    """Spreads below the quantizer step, as for most rows at a coarse step: rounding some residuals toward zero and writing a
-    narrower table lowers error + lambda * bits and the bits below rounding to nearest (PSC.md §12)."""
+    """Spreads below the quantizer step, as for most rows at a coarse step: rounding some residuals toward zero
+    and writing a narrower table lowers error + lambda * bits and the bits below rounding to nearest (PSC.md §12)."""
     rng = np.random.default_rng(0)
     sigma = rng.uniform(0.1, 1.0, 4000)
     resid = sigma * rng.standard_normal(4000)
