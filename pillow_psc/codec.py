@@ -518,7 +518,7 @@ def _rd_quantize(prop: _Proposal, resid: np.ndarray, delta: float,
     adds make a narrower table (a scale code below the calibrated one) cheaper, so a few codes are tried. On four
     320 px Kodak crops at 0.1 and 0.2 bpp (bfloat16) lambda 0.06 with 4 codes gained 0.03-0.38 dB, mean +0.12,
     over rounding to nearest; 0.12 gained +0.11 (one crop -0.35), 0.2 +0.05 (more steps, losses at 0.1 bpp).
-    Whole photos: +0.21 dB on 10 at 0.1 bpp, +0.22 dB on 8 at 0.2 bpp (README "Rate-distortion optimised
+    Whole photos: +0.21 dB on 10 at 0.1 bpp, +0.16 dB on 12 at 0.2 bpp (README "Rate-distortion optimised
     quantization").
     """
     ok = prop.usable
