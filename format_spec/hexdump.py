@@ -79,6 +79,8 @@ def _head(f: _Fields, p: int, end: int) -> str:
         p = f.add(p, 1, "coding (u8)", f"{d[p]} ({coding})")
     if version >= 4:
         p = f.add(p, 1, "precision (u8)", f"{d[p]} ({ {0: 'float32', 1: 'bfloat16'}.get(d[p], '?') })")
+    if version >= 6:
+        p = f.add(p, 2, "output_sampler_steps (u16)", struct.unpack(">H", d[p:p + 2])[0])
     if p != end:
         raise ValueError("HEAD payload length does not match its fields")
     return coding

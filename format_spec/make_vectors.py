@@ -145,6 +145,8 @@ LEGACY = {
                          "54025ca613af2e16f6fadf93e9f31eacc07c9c6cef658f50a455f5ca6037fe4d"),
     "v4_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 4 (adaptive steps without a delta code)",
                          "54025ca613af2e16f6fadf93e9f31eacc07c9c6cef658f50a455f5ca6037fe4d"),
+    "v5_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 5 (output samples take sampler_steps)",
+                         "79d8156eea5a635ab8d3eb10b990e5a5329b1abbcb016180d8ad3a65a2d53b2e"),
 }
 
 
@@ -278,12 +280,15 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_6.psc", replace_head(base, lambda p: p.__setitem__(0, 6)), "format version 6, CRC recomputed",
+        ("version_7.psc", replace_head(base, lambda p: p.__setitem__(0, 7)), "format version 7, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
-        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-2, 2)),
+        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-4, 2)),
          "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
-        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-1, 2)),
+        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-3, 2)),
          "HEAD precision field 2 (only 0 and 1 are defined), CRC recomputed",
+         {"outcome": "error", "error": "CorruptFileError"}),
+        ("output_steps_zero.psc", replace_head(base, lambda p: p.__setitem__(slice(-2, None), b"\x00\x00")),
+         "HEAD output_sampler_steps 0 (the range is 1..1000), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("raw_nan.psc", edit_data(1, lambda p: p.__setitem__(12, 0x7F), good["rgb_32x24_raw.psc"]),
          "rgb_32x24_raw.psc with its first raw float8 byte of DATA step 1 set to NaN (0x7F), CRC recomputed",

@@ -82,7 +82,8 @@ def _info(args: argparse.Namespace) -> None:
         "format_version": h.version, "model": h.prior_id, "model_sha256": h.model_sha256.hex(), "seed": h.seed,
         "prompt": h.prompt, "sampler": h.sampler, "sampler_steps": h.sampler_steps, "samples": h.samples,
         "eta": h.eta, "sigma_max": h.sigma_max, "sigma_min": h.sigma_min, "output_samples": h.output_samples,
-        "tile": h.tile, "window": h.window, "margin": h.margin, "float8": h.float8, "delta": h.delta,
+        "output_sampler_steps": h.output_sampler_steps, "tile": h.tile, "window": h.window, "margin": h.margin,
+        "float8": h.float8, "delta": h.delta,
         "rows_per_step": h.rows_per_step, "coding": h.coding,
         "precision": h.precision, "steps": steps,
         "truncated": not complete,
@@ -92,7 +93,7 @@ def _info(args: argparse.Namespace) -> None:
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
-            print(f"{key:15} {value}")
+            print(f"{key:20} {value}")
 
 
 def _bench(args: argparse.Namespace) -> None:

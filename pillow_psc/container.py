@@ -20,8 +20,9 @@ from typing import BinaryIO, Iterator
 from .errors import CorruptFileError, NotPSCError, UnsupportedFileError
 
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
-FORMAT_VERSION = 5  # written by this build
-READABLE_VERSIONS = (1, 2, 3, 4, 5)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision, 5 +delta code
+FORMAT_VERSION = 6  # written by this build
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision,
+# 5 +delta code, 6 +output_sampler_steps
 CODINGS = ("innovation", "raw")  # how adaptive measurements are coded (PSC.md §6.11)
 PRECISIONS = ("float32", "bfloat16")  # arithmetic of the denoiser (PSC.md §6.2)
 MAX_DIMENSION = 65535
@@ -60,7 +61,12 @@ class Header:
     rows_per_step: list[float] = field(default_factory=lambda: [2.0])  # rows per tile, last value repeats
     coding: str = "innovation"  # "innovation" (range-coded residuals) or "raw" (float8 bytes, paper-faithful)
     precision: str = "float32"  # "bfloat16": the denoiser runs under bfloat16 autocast (fast, less portable)
+    output_sampler_steps: int | None = None  # denoiser evaluations per output sample; None: sampler_steps
     version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.output_sampler_steps is None:  # files before version 6 sample the output like the steps
+            self.output_sampler_steps = self.sampler_steps
 
     @property
     def mode(self) -> str:
@@ -85,6 +91,10 @@ class Header:
             out.write(struct.pack(">B", CODINGS.index(self.coding)))
         if self.version >= 4:
             out.write(struct.pack(">B", PRECISIONS.index(self.precision)))
+        if self.version >= 6:
+            out.write(struct.pack(">H", self.output_sampler_steps))
+        elif self.output_sampler_steps != self.sampler_steps:
+            raise ValueError(f"format version {self.version} cannot hold output_sampler_steps")
         return out.getvalue()
 
     @classmethod
@@ -106,13 +116,14 @@ class Header:
         rates = list(r.unpack(f">{n_rates}f"))
         (coding,) = r.unpack(">B") if version >= 3 else (0,)
         (precision,) = r.unpack(">B") if version >= 4 else (0,)
+        (out_steps,) = r.unpack(">H") if version >= 6 else (steps,)
         r.finish()
         for name, value, names in (("coding", coding, CODINGS), ("precision", precision, PRECISIONS)):
             if value >= len(names):
                 raise CorruptFileError(f"header field {name} has the unknown value {value}")
         hdr = cls(width, height, channels, bool(flags & 1), prior_id, sha, seed, prompt, sampler, steps, samples,
                   eta, smax, smin, out_samples, tile, window, margin, float8, delta, rates,
-                  CODINGS[coding], PRECISIONS[precision], version)
+                  CODINGS[coding], PRECISIONS[precision], out_steps, version)
         hdr.validate()
         return hdr
 
@@ -129,6 +140,7 @@ class Header:
         checks = [
             (1 <= self.tile <= 256, "tile"), (1 <= self.window <= 4096, "window"), (self.margin <= 64, "margin"),
             (1 <= self.sampler_steps <= 1000, "sampler_steps"), (2 <= self.samples <= 256, "samples"),
+            (1 <= self.output_sampler_steps <= 1000, "output_sampler_steps"),
             (1 <= self.output_samples <= 256, "output_samples"), (0.0 <= self.eta <= 1.0, "eta"),
             (0.0 < self.sigma_min <= self.sigma_max < 1e4, "sigma range"), (0.0 < self.delta < 1e4, "delta"),
             (len(self.rows_per_step) >= 1 and all(0.0 < v <= 1024.0 for v in self.rows_per_step), "rows_per_step"),

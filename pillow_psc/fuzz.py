@@ -131,7 +131,8 @@ _HEAD_LAYOUT = [("version", "B"), ("width", "I"), ("height", "I"), ("channels", 
                 ("sampler_steps", "H"), ("samples", "H"), ("eta", "f"), ("sigma_max", "f"), ("sigma_min", "f"),
                 ("output_samples", "H"), ("tile", "H"), ("window", "H"), ("margin", "H"), ("float8", "sB"),
                 ("delta", "f"), ("rows_per_step", "rates")]
-_APPENDED_FIELDS = [(3, ("coding", "B")), (4, ("precision", "B"))]  # (format version that appended it, field)
+# (format version that appended it, field)
+_APPENDED_FIELDS = [(3, ("coding", "B")), (4, ("precision", "B")), (6, ("output_sampler_steps", "H"))]
 
 
 def parse_head(payload: bytes) -> list[list] | None:
@@ -219,6 +220,7 @@ _PLAUSIBLE: dict[str, Callable[[random.Random, Any], Any]] = {
     "sigma_max": lambda r, v: r.choice([1e-3, 0.05, 1.0, 5.0, 100.0, v * 1.01]),
     "sigma_min": lambda r, v: r.choice([1e-6, 1e-3, 0.05, v * 1.01]),
     "output_samples": lambda r, v: r.randint(1, 5),
+    "output_sampler_steps": lambda r, v: r.randint(1, 8),
     "tile": lambda r, v: r.choice([1, 2, 3, 4, 6, 8, 10, 12, 14, 15, 18, 20, 24, 32, 33]),
     "window": lambda r, v: r.randint(1, 5),
     "margin": lambda r, v: r.randint(0, 4),
@@ -559,7 +561,8 @@ def decode_work(header: container.Header, steps: int) -> float:
     def span(n: int) -> int:  # tiles covered by all regions along one axis
         return sum(min(c + w + m, n) - max(c - m, 0) for c in range(0, n, w))
 
-    evals = header.sampler_steps * (header.samples * max(steps - 1, 0) + header.output_samples)
+    evals = (header.sampler_steps * header.samples * max(steps - 1, 0)
+             + header.output_sampler_steps * header.output_samples)
     return float(span(rows) * span(cols) * t * t * 3) * evals
 
 

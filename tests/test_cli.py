@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pillow_psc import codec
 from pillow_psc.cli import main
 
 from conftest import kodak_crop, psnr
@@ -28,7 +29,8 @@ def test_encode_info_decode(tmp_path, capsys):
     png = tmp_path / "dec.png"
     assert main(["decode", str(out), str(png), "--mode", "sample", "--steps", "2"]) == 0
     assert psnr(np.asarray(Image.open(png)), crop) > 18
-    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 5)
+    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 6)
+    assert info["output_sampler_steps"] == codec.OUTPUT_STEPS_FACTOR * info["sampler_steps"]
 
 
 def test_encode_paper_configuration(tmp_path, capsys):
@@ -39,6 +41,7 @@ def test_encode_paper_configuration(tmp_path, capsys):
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["coding"], info["samples"], info["sampler_steps"], info["output_samples"]) == ("raw", 3, 25, 64)
+    assert info["output_sampler_steps"] == 25  # the paper samples its output like its steps
 
 
 def test_encode_with_an_explicit_quantizer_step_and_precision(tmp_path, capsys):

@@ -127,10 +127,10 @@ def test_a_too_coarse_automatic_step_is_refined(crop64, monkeypatch):
     monkeypatch.setattr(codec, "auto_delta", lambda bpp: 60.0)
     refined = codec.encode(crop64, rate=0.6, config=FAST)
     codes, header = _delta_codes(refined.data), read_file(refined.data).header
-    assert codec.step_delta(header.delta, codes[0]) < 60 and len(refined.data) > 0.9 * budget
+    assert codec.step_delta(header.delta, codes[0]) < 60 and len(refined.data) > 0.85 * budget
     assert all(b <= a for a, b in zip(codes, codes[1:]))
     kept = codec.encode(crop64, rate=0.6, config=dataclasses.replace(FAST, delta=60.0))
-    assert read_file(kept.data).header.delta == 60.0 and len(kept.data) < 0.6 * budget
+    assert read_file(kept.data).header.delta == 60.0 and len(kept.data) < 0.7 * budget
     assert set(_delta_codes(kept.data)) <= {0}
     for encoded in (refined, kept):
         assert np.array_equal(codec.decode_array(encoded.data).pixels, encoded.reconstruct("mean"))
@@ -241,7 +241,8 @@ def test_an_automatic_step_off_pace_is_refined_from_step_to_step(crop64, monkeyp
     assert len(codes) >= 2 and codes == [-codec.REFINE_CODES * k for k in range(len(codes))]
     assert result.evaluations == result.state.evaluations
     decoded = codec.decode_array(result.data)  # the same steps, then the output image's samples
-    assert decoded.evaluations == result.evaluations + FAST.output_samples * FAST.sampler_steps
+    output_steps = codec.OUTPUT_STEPS_FACTOR * FAST.sampler_steps
+    assert decoded.evaluations == result.evaluations + FAST.output_samples * output_steps
     assert np.array_equal(decoded.pixels, result.reconstruct("mean"))
 
 
