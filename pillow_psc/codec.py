@@ -47,9 +47,9 @@ DOT_CHUNK_ROWS = 16384  # rows per float64 dot-product batch (bounds memory; res
 EFFORTS = {1: (5, 1 / 2), 2: (5, 2 / 3), 3: (8, 1.0)}
 DEFAULT_EFFORT = 3
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
-#: many times the steps' sampler steps (format version 6). Whole Kodak photos, bfloat16, against 4 samples x 6
-#: steps: 8 x 12 gained 0.08-0.29 dB (kodim19 and 20 at 0.1 / 0.2 bpp), 4 x 24 -0.05..+0.06 (sharper samples
-#: need more of them in the mean); crops: README "Output sampling".
+#: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (the
+#: default output_samples) gained 0.05-0.18 dB on five whole Kodak photos (mean +0.12), 4 x 24 -0.09..+0.17
+#: (sharper samples need more of them in the mean on smooth photos); README "Output sampling".
 OUTPUT_STEPS_FACTOR = 2
 
 
