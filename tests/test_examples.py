@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -60,3 +61,26 @@ def test_kodak_whole_compares_with_an_earlier_run_on_the_photos_both_hold(tmp_pa
     table = kodak_whole.compare(new, [old, later]).splitlines()
     assert table[0].startswith("| target bpp | photos | PSC − kodak24 + kodak24_v5 (dB), mean |")
     assert table[2:] == ["| 0.1 | 2 (09, 19) | -0.22 | 0 / 1 | 1056 / 768 |"]
+
+
+def test_output_sampling_decodes_the_same_state_with_each_variant(capsys):
+    output_sampling = _example("output_sampling")
+    output_sampling.main(["--images", "kodim23", "--rates", "2", "--crop", "32", "--variants", "2x3", "1x2",
+                          "--threads", "1"])
+    record = json.loads(capsys.readouterr().out)
+    assert set(record["psnr"]) == {"2x3", "1x2"} and record["gain"]["2x3"] == 0.0
+    assert record["psnr"]["2x3"] != record["psnr"]["1x2"] and record["psnr"]["1x2"] > 20
+
+
+def test_output_psnr_with_the_header_own_values_is_the_decoder_output():
+    import pillow_psc
+    from pillow_psc.bench import psnr
+    output_sampling = _example("output_sampling")
+    pixels = output_sampling.load_image(output_sampling.KODAK / "kodim23.png", 32)
+    config = pillow_psc.CodecConfig(samples=4, sampler_steps=2, output_samples=2)
+    encoded = pillow_psc.encode(pixels, rate=2, config=config)
+    header = encoded.state.header
+    decoded = pillow_psc.decode_array(encoded.data).pixels
+    assert output_sampling.output_psnr(encoded, pixels, 2, header.output_sampler_steps) == psnr(decoded, pixels)
+    output_sampling.output_psnr(encoded, pixels, 1, 7)
+    assert encoded.state.header == header and np.array_equal(encoded.reconstruct("mean"), decoded)
