@@ -29,14 +29,13 @@ KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 def output_psnr(encoded: pillow_psc.codec.Encoded, original: np.ndarray, samples: int, steps: int) -> float:
     """PSNR of the `mean` output with `samples` output samples of `steps` sampler steps."""
     state = encoded.state
-    header = state.header
+    header, sigmas = state.header, state.output_sigmas
     state.header = dataclasses.replace(header, output_samples=samples, output_sampler_steps=steps)
     state.output_sigmas = karras_sigmas(steps, header.sigma_max, header.sigma_min)
     try:
         return psnr(encoded.reconstruct("mean"), original)
     finally:
-        state.header = header
-        state.output_sigmas = karras_sigmas(header.output_sampler_steps, header.sigma_max, header.sigma_min)
+        state.header, state.output_sigmas = header, sigmas
 
 
 def main(argv: list[str] | None = None) -> None:
