@@ -16,9 +16,12 @@ often cannot go (its smallest Kodak file is 0.07-0.21 bpp). This script is the c
 `summary.md` gets one row per rate: means over the photos done, PSC minus each baseline, and on how many photos
 PSC is ahead. With `--compare DIR ...` (earlier runs' folders, e.g. another build or rate control; a photo's
 record comes from the last folder that holds it) it also gets PSC minus those records on the photos both hold,
-per rate: a change measured on only the photos it affects.
+per rate: a change measured on only the photos it affects. With `--merge DIR ...` it encodes nothing: `--out`
+gets each photo's record from the last of those folders that holds it (tagged with the folder), the baselines of
+the first, and their summary: the standing when later builds re-encoded only some photos.
 
     python examples/kodak_whole.py --images kodim09 kodim19 --rates 0.2 --out new --compare examples/results/kodak24
+    python examples/kodak_whole.py --merge examples/results/kodak24 examples/results/kodak24_v6 --out merged
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +118,34 @@ def summary(out: Path, curves: dict[str, list[list[float]]]) -> str:
     return "\n".join(lines)
 
 
+def latest_records(folders: list[Path]) -> list[dict]:
+    """Each (photo, rate)'s record from the last of `folders` that holds it, with that folder's name added."""
+    latest = {(r["image"], r["rate"]): {**r, "folder": folder.name}
+              for folder in folders for r in _lines(folder / "psc.jsonl")}
+    return [latest[key] for key in sorted(latest, key=lambda key: (key[1], key[0]))]
+
+
+def merge(folders: list[Path], out: Path) -> None:
+    """Write the latest records of `folders` and the first folder's baselines into `out`."""
+    records = latest_records(folders)
+    (out / "psc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "baselines.json").write_text((folders[0] / "baselines.json").read_text())
+
+
+def sources(out: Path) -> str:
+    """Per rate: how many of the merged records came from each folder."""
+    records = _lines(out / "psc.jsonl")
+    lines = ["| target bpp | records from |", "|---|---|"]
+    for rate in sorted({r["rate"] for r in records}):
+        counts = Counter(r["folder"] for r in records if r["rate"] == rate)
+        lines.append(f"| {rate} | " + ", ".join(f"{folder} {n}" for folder, n in sorted(counts.items())) + " |")
+    return "\n".join(lines)
+
+
 def compare(out: Path, references: list[Path]) -> str:
     """Per rate: this run minus earlier runs' records of the same photos (PSNR, encoder evaluations). A photo's
     record is taken from the last of `references` that holds it (a later run overrides an earlier one)."""
-    before = {(r["image"], r["rate"]): r for ref in references for r in _lines(ref / "psc.jsonl")}
+    before = {(r["image"], r["rate"]): r for r in latest_records(references)}
     pairs = [(new, before[new["image"], new["rate"]]) for new in _lines(out / "psc.jsonl")
              if (new["image"], new["rate"]) in before]
     names = " + ".join(ref.name for ref in references)
@@ -149,13 +177,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("kodak24"))
     parser.add_argument("--compare", type=Path, nargs="+",
                         help="earlier runs' folders: add this run minus them (later folders override earlier)")
+    parser.add_argument("--merge", type=Path, nargs="+",
+                        help="encode nothing: write the latest record of each photo from these folders (later "
+                             "override earlier) and their summary to --out")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    config = pillow_psc.CodecConfig(precision=args.precision, effort=args.effort)
-    encode_photos(args.images, args.rates, config, args.out, args.crop)
-    table = summary(args.out, sweep_baselines(args.images, args.out, args.crop))
+    if args.merge:
+        merge(args.merge, args.out)
+        table = summary(args.out, json.loads((args.out / "baselines.json").read_text())) + "\n\n" + sources(args.out)
+    else:
+        config = pillow_psc.CodecConfig(precision=args.precision, effort=args.effort)
+        encode_photos(args.images, args.rates, config, args.out, args.crop)
+        table = summary(args.out, sweep_baselines(args.images, args.out, args.crop))
     if args.compare:
         table += "\n\n" + compare(args.out, args.compare)
     (args.out / "summary.md").write_text(table + "\n")

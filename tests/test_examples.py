@@ -63,6 +63,27 @@ def test_kodak_whole_compares_with_an_earlier_run_on_the_photos_both_hold(tmp_pa
     assert table[2:] == ["| 0.1 | 2 (09, 19) | -0.22 | 0 / 1 | 1056 / 768 |"]
 
 
+def test_kodak_whole_merge_takes_each_photo_from_the_last_folder_that_holds_it(tmp_path, capsys):
+    kodak_whole = _example("kodak_whole")
+    curve = [[0.05, 20.0], [0.1, 22.0], [0.2, 24.0], [0.4, 26.0]]
+    folders = {"kodak24": [("kodim01", 0.1, 22.5), ("kodim02", 0.1, 21.0)], "kodak24_v6": [("kodim02", 0.1, 22.25)]}
+    for name, records in folders.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "psc.jsonl").write_text("".join(json.dumps(
+            {"image": i, "rate": r, "bpp": 0.1, "psnr": p, "evaluations": 600}) + "\n" for i, r, p in records))
+    (tmp_path / "kodak24" / "baselines.json").write_text(json.dumps(
+        {f"{i}/{c}": curve for i in ("kodim01", "kodim02") for c in kodak_whole.BASELINES}))
+    out = tmp_path / "merged"
+    kodak_whole.main(["--merge", str(tmp_path / "kodak24"), str(tmp_path / "kodak24_v6"), "--out", str(out)])
+    merged = [json.loads(line) for line in (out / "psc.jsonl").read_text().splitlines()]
+    assert [(r["image"], r["psnr"], r["folder"]) for r in merged] == [("kodim01", 22.5, "kodak24"),
+                                                                      ("kodim02", 22.25, "kodak24_v6")]
+    table = (out / "summary.md").read_text().splitlines()
+    assert table[2].startswith("| 0.1 | 2 | 0.1000 | 22.38 | 600 | 22.00 (0 extrapolated) | +0.38, 2/2 |")
+    assert table[-1] == "| 0.1 | kodak24 1, kodak24_v6 1 |"
+    assert not list(out.glob("*.psc"))  # nothing encoded
+
+
 def test_output_sampling_decodes_the_same_state_with_each_variant(capsys):
     output_sampling = _example("output_sampling")
     output_sampling.main(["--images", "kodim23", "--rates", "2", "--crop", "32", "--variants", "2x3", "1x2",
