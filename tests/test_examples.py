@@ -63,7 +63,7 @@ def test_kodak_whole_compares_with_an_earlier_run_on_the_photos_both_hold(tmp_pa
     assert table[2:] == ["| 0.1 | 2 (09, 19) | -0.22 | 0 / 1 | 1056 / 768 |"]
 
 
-def test_kodak_whole_merge_takes_each_photo_from_the_last_folder_that_holds_it(tmp_path, capsys):
+def test_kodak_whole_merge_takes_each_photo_from_the_last_folder_that_holds_it(tmp_path):
     kodak_whole = _example("kodak_whole")
     curve = [[0.05, 20.0], [0.1, 22.0], [0.2, 24.0], [0.4, 26.0]]
     folders = {"kodak24": [("kodim01", 0.1, 22.5), ("kodim02", 0.1, 21.0)], "kodak24_v6": [("kodim02", 0.1, 22.25)]}
