@@ -38,17 +38,25 @@ ORTHONORMALISE_CHUNK_TILES = 512  # tiles orthonormalised together (bounds memor
 DOT_CHUNK_ROWS = 16384  # rows per float64 dot-product batch (bounds memory; results do not depend on it)
 
 
-#: Encoder effort, like cjxl's -e or avifenc's --speed: posterior samples per step and the share of the prior's
-#: sampler steps, whose product is the denoiser evaluations per window and step. At 0.1 bpp (bfloat16) against
-#: 8 x 6, on the whole kodim02: 5 x 3 spent 31 % of the evaluations for -1.90 dB, 5 x 4 47 % for -0.39 dB, 6 x 4
-#: 50 % for -0.37 dB, 8 x 3 44 % for -1.33 dB (on 256 px crops the losses were smaller: -0.70 / -0.38 / -0.29 /
-#: -0.51). Sampler steps matter more than samples; 5 samples are the fewest that give 4 candidate rows per tile
-#: (rows_per_step). More photos: README "Effort".
-EFFORTS = {1: (5, 1 / 2), 2: (5, 2 / 3), 3: (8, 1.0)}
+class Effort(NamedTuple):
+    """What an encoder effort sets where the config leaves it at None (all of it lands in the header)."""
+
+    samples: int  # posterior samples per step
+    step_share: float  # share of the prior's sampler steps per sample
+    output_samples: int  # samples averaged by the `mean` decode
+
+
+#: Encoder effort, like cjxl's -e or avifenc's --speed. Samples x a share of the prior's sampler steps is the
+#: denoiser evaluations per window and step. At 0.1 bpp (bfloat16) against 8 x 6, on the whole kodim02: 5 x 3
+#: spent 31 % of the evaluations for -1.90 dB, 5 x 4 47 % for -0.39 dB, 6 x 4 50 % for -0.37 dB, 8 x 3 44 % for
+#: -1.33 dB. Sampler steps matter more than samples: on kodim19 and kodim23 (format 6) 4 x 4 measured +0.92 and
+#: +0.16 dB over 5 x 3 (3 x 4: +0.54 and -0.33 dB). Averaging 4 output samples instead of 8 cost 0.03-0.07 dB
+#: on kodim05, 19 and 23 for half the output's evaluations. More photos: README "Effort".
+EFFORTS = {1: Effort(4, 2 / 3, 4), 2: Effort(5, 2 / 3, 8), 3: Effort(8, 1.0, 8)}
 DEFAULT_EFFORT = 3
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
-#: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (the
-#: default output_samples) gained 0.05-0.18 dB on five whole Kodak photos (mean +0.12), 4 x 24 -0.09..+0.17
+#: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (effort
+#: 3's output_samples) gained 0.05-0.18 dB on five whole Kodak photos (mean +0.12), 4 x 24 -0.09..+0.17
 #: (sharper samples need more of them in the mean on smooth photos); README "Output sampling".
 OUTPUT_STEPS_FACTOR = 2
 
@@ -57,11 +65,11 @@ OUTPUT_STEPS_FACTOR = 2
 class CodecConfig:
     """Encoder settings; every value that the decoder needs is written to the header."""
 
-    effort: int = DEFAULT_EFFORT  # a key of EFFORTS: sets samples and sampler_steps left at None
+    effort: int = DEFAULT_EFFORT  # a key of EFFORTS: sets samples, sampler_steps and output_samples left at None
     samples: int | None = None  # posterior samples per step (s); at most s-1 new rows per tile per step
     sampler_steps: int | None = None  # denoiser evaluations per sample
     eta: float = 1.0
-    output_samples: int = 8  # samples averaged by the `mean` decode
+    output_samples: int | None = None  # samples averaged by the `mean` decode; None: by effort
     output_sampler_steps: int | None = None  # per output sample; None: OUTPUT_STEPS_FACTOR x sampler_steps
     rows_per_step: tuple[float, ...] = (4.0,)  # new rows per tile at each step; the last value repeats
     delta: float | None = None  # quantizer step in signal units; None: auto_delta(rate)
@@ -241,22 +249,21 @@ class SensingState:
 
     def _orthonormalise_tiles(self, tile_of: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         uniq, inverse = torch.unique(tile_of, return_inverse=True)
-        existing, _ = self.rows_of_tiles(uniq)
-        seen = torch.zeros(len(uniq), dtype=torch.long)
-        slot = torch.zeros(len(tile_of), dtype=torch.long)
-        for i, u in enumerate(inverse.tolist()):
-            slot[i] = seen[u]
-            seen[u] += 1
-        added = torch.zeros(len(uniq), int(seen.max()), self.grid.dim, device=self.device)
+        existing = self.rows_of_tiles(uniq)[0].double()  # converted once, not once per slot
+        counts = torch.bincount(inverse, minlength=len(uniq))
+        order = torch.argsort(inverse, stable=True)
+        slot = torch.empty_like(inverse)  # how many of the tile's candidates come before this one
+        slot[order] = torch.arange(len(inverse)) - (torch.cumsum(counts, 0) - counts)[inverse[order]]
+        added = torch.zeros(len(uniq), int(counts.max()), self.grid.dim, dtype=torch.float64, device=self.device)
         out = torch.zeros_like(new)
         usable = torch.zeros(len(tile_of), dtype=torch.bool, device=self.device)
-        for j in range(int(seen.max())):
+        for j in range(int(counts.max())):
             sel = torch.nonzero(slot == j).flatten()
             u = inverse[sel]
             basis = torch.cat([existing[u], added[u, :j]], 1)
             rows, ok = orthonormalise(new[sel], basis, self.mask[tile_of[sel]])
             rows = rows * ok[:, None]
-            out[sel], usable[sel], added[u, j] = rows, ok, rows
+            out[sel], usable[sel], added[u, j] = rows, ok, rows.double()
         return out, usable
 
     # -- output ---------------------------------------------------------------------------------------------
@@ -671,20 +678,24 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     is refined from step to step (`_off_pace`), without it stays `delta`; with `may_restart` the encode gives up
     (None) after two steps when `_start_finer` says so."""
     h, w, channels = colour.shape
-    effort_samples, effort_share = EFFORTS[cfg.effort]
-    samples = cfg.samples or effort_samples
-    sampler_steps = cfg.sampler_steps or max(1, round(prior.sampler_steps * effort_share))
+    effort = EFFORTS[cfg.effort]
+    samples = effort.samples if cfg.samples is None else cfg.samples
+    sampler_steps = (max(1, round(prior.sampler_steps * effort.step_share)) if cfg.sampler_steps is None
+                     else cfg.sampler_steps)
     header = Header(
         width=w, height=h, channels=channels, has_alpha=alpha is not None, prior_id=prior.id,
         model_sha256=prior.sha256, seed=seed, prompt=prompt, sampler=SAMPLER,
         sampler_steps=sampler_steps, samples=samples, eta=cfg.eta,
         sigma_max=cfg.sigma_max or prior.sigma_max, sigma_min=cfg.sigma_min or prior.sigma_min,
-        output_samples=cfg.output_samples,
+        output_samples=effort.output_samples if cfg.output_samples is None else cfg.output_samples,
         output_sampler_steps=cfg.output_sampler_steps or OUTPUT_STEPS_FACTOR * sampler_steps,
         tile=cfg.tile or prior.tile, window=cfg.window, margin=cfg.margin,
         float8="e4m3fn", delta=delta, rows_per_step=list(cfg.rows_per_step), coding=cfg.coding,
         precision=cfg.precision)
-    header = Header.from_bytes(header.to_bytes())  # float fields as the decoder will read them (float32)
+    try:
+        header = Header.from_bytes(header.to_bytes())  # float fields as the decoder will read them (float32)
+    except CorruptFileError as exc:  # a setting the format cannot hold: the caller's mistake, not a bad file
+        raise ValueError(f"invalid codec settings: {exc}") from None
     psc = PSCFile(header, zlib.compress(alpha.tobytes(), 9) if alpha is not None else None,
                   {k: v for k, v in (metadata or {}).items() if v})
     remaining = budget - len(psc.to_bytes())

@@ -108,8 +108,8 @@ def orthonormalise(new: torch.Tensor, existing: torch.Tensor, mask: torch.Tensor
     """
     v = new.double() * mask.double()
     e = existing.double()
-    for _ in range(2):
-        v = v - ((e @ v[:, :, None]) * e).sum(1)
+    for _ in range(2):  # batched matrix products: no (m, k, dim) temporary
+        v = v - torch.bmm(torch.bmm(e, v[:, :, None]).transpose(1, 2), e)[:, 0]
     norm = v.norm(dim=-1)
     usable = norm > 1e-4
     v = v / norm.clamp_min(1e-30)[:, None]

@@ -78,14 +78,15 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
 
 
 def test_encode_effort_sets_the_evaluations_per_step(tmp_path, capsys):
-    """--effort 1 halves the prior's sampler steps (FFDNet: 6 -> 3) and takes 5 samples; --samples still wins."""
+    """--effort 1 takes 4 samples of two thirds of the prior's sampler steps (FFDNet: 6 -> 4) and 4 output samples;
+    --samples still wins."""
     src, out = tmp_path / "in.png", tmp_path / "fast.psc"
     Image.fromarray(kodak_crop("kodim23", (16, 16))).save(src)
-    for argv, expected in ((["--effort", "1"], (5, 3)), (["--effort", "2", "--samples", "3"], (3, 4))):
+    for argv, expected in ((["--effort", "1"], (4, 4, 4)), (["--effort", "2", "--samples", "3"], (3, 4, 8))):
         assert main(["encode", str(src), str(out), "--max-bytes", "200", *argv]) == 0
         capsys.readouterr()
         assert main(["info", str(out), "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
-        assert (info["samples"], info["sampler_steps"]) == expected
+        assert (info["samples"], info["sampler_steps"], info["output_samples"]) == expected
     with pytest.raises(SystemExit):
         main(["encode", str(src), str(out), "--effort", "4"])

@@ -55,19 +55,28 @@ def test_working_in_chunks_changes_nothing(crop64, encoded64, monkeypatch):
     assert np.array_equal(codec.decode_array(encoded.data).pixels, encoded64.reconstruct("mean"))
 
 
-def test_effort_sets_samples_and_sampler_steps_unless_given(crop64):
-    """Effort picks the evaluations per step (samples x a share of the prior's sampler steps); the default effort
-    is the prior's own sampler steps with 8 samples; explicit values win; an unknown effort is refused."""
+def test_effort_sets_samples_sampler_steps_and_output_samples_unless_given(crop64):
+    """Effort picks the evaluations per step (samples x a share of the prior's sampler steps) and the output
+    samples; the default effort is the prior's own sampler steps with 8 samples; explicit values win; an unknown
+    effort is refused."""
     small = crop64[:16, :16]
-    for effort, expected in ((1, (5, 3)), (2, (5, 4)), (3, (8, 6))):
+    for effort, expected in ((1, (4, 4, 4)), (2, (5, 4, 8)), (3, (8, 6, 8))):
         header = read_file(codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=effort)).data).header
-        assert (header.samples, header.sampler_steps) == expected
+        assert (header.samples, header.sampler_steps, header.output_samples) == expected
     assert codec.CodecConfig().effort == codec.DEFAULT_EFFORT == 3
-    explicit = codec.CodecConfig(effort=1, samples=4, sampler_steps=2)
+    explicit = codec.CodecConfig(effort=1, samples=3, sampler_steps=2, output_samples=6)
     header = read_file(codec.encode(small, max_bytes=200, config=explicit).data).header
-    assert (header.samples, header.sampler_steps) == (4, 2)
+    assert (header.samples, header.sampler_steps, header.output_samples) == (3, 2, 6)
     with pytest.raises(ValueError, match="effort must be one of 1, 2, 3"):
         codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=0))
+
+
+@pytest.mark.parametrize("setting", [{"samples": 0}, {"samples": 1}, {"sampler_steps": 0}, {"output_samples": 0},
+                                     {"output_samples": 257}])
+def test_settings_the_format_cannot_hold_are_refused(crop64, setting):
+    """A zero is not "use the effort's value" (only None is), and the header's limits are the caller's error."""
+    with pytest.raises(ValueError, match="invalid codec settings: header field"):
+        codec.encode(crop64[:16, :16], max_bytes=200, config=codec.CodecConfig(**setting))
 
 
 def test_raw_coding_sends_one_float8_byte_per_measurement():
