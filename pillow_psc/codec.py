@@ -249,12 +249,12 @@ class SensingState:
 
     def _orthonormalise_tiles(self, tile_of: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         uniq, inverse = torch.unique(tile_of, return_inverse=True)
-        existing = self.rows_of_tiles(uniq)[0].double()  # converted once, not once per slot
+        existing, _ = self.rows_of_tiles(uniq)  # float32: orthonormalise() widens only the rows it uses
         counts = torch.bincount(inverse, minlength=len(uniq))
         order = torch.argsort(inverse, stable=True)
         slot = torch.empty_like(inverse)  # how many of the tile's candidates come before this one
         slot[order] = torch.arange(len(inverse)) - (torch.cumsum(counts, 0) - counts)[inverse[order]]
-        added = torch.zeros(len(uniq), int(counts.max()), self.grid.dim, dtype=torch.float64, device=self.device)
+        added = torch.zeros(len(uniq), int(counts.max()), self.grid.dim, device=self.device)
         out = torch.zeros_like(new)
         usable = torch.zeros(len(tile_of), dtype=torch.bool, device=self.device)
         for j in range(int(counts.max())):
@@ -263,7 +263,7 @@ class SensingState:
             basis = torch.cat([existing[u], added[u, :j]], 1)
             rows, ok = orthonormalise(new[sel], basis, self.mask[tile_of[sel]])
             rows = rows * ok[:, None]
-            out[sel], usable[sel], added[u, j] = rows, ok, rows.double()
+            out[sel], usable[sel], added[u, j] = rows, ok, rows
         return out, usable
 
     # -- output ---------------------------------------------------------------------------------------------
