@@ -81,6 +81,8 @@ def _head(f: _Fields, p: int, end: int) -> str:
         p = f.add(p, 1, "precision (u8)", f"{d[p]} ({ {0: 'float32', 1: 'bfloat16'}.get(d[p], '?') })")
     if version >= 6:
         p = f.add(p, 2, "output_sampler_steps (u16)", struct.unpack(">H", d[p:p + 2])[0])
+    if version >= 7:
+        p = f.add(p, 4, "coarse_sigma (f32)", round(struct.unpack(">f", d[p:p + 4])[0], 9))
     if p != end:
         raise ValueError("HEAD payload length does not match its fields")
     return coding

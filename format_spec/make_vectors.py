@@ -128,7 +128,11 @@ SOURCES = [
            config={"coding": "raw"}),
     Source("rgb_16x16_bf16.psc", "kodim23", (16, 16), "RGB", 300,
            "rgb_16x16.psc with precision bfloat16: the denoiser runs under bfloat16 autocast (its pixels depend on "
-           "the CPU's bfloat16 kernels: AMX on the reference build)", config={"precision": "bfloat16"}),
+           "the CPU's bfloat16 kernels: AVX-512 without bfloat16 instructions on the reference build)",
+           config={"precision": "bfloat16"}),
+    Source("rgb_32x32_coarse.psc", "kodim19", (32, 32), "RGB", 400,
+           "RGB 32x32 with coarse_sigma 0.1: noise levels from 0.1 up are denoised at half resolution (the first of "
+           "the 3 sampler steps, the first 3 of the 6 output ones)", config={"coarse_sigma": 0.1}),
 ]
 NAMES_GOOD = [s.name for s in SOURCES]
 
@@ -147,6 +151,8 @@ LEGACY = {
                          "54025ca613af2e16f6fadf93e9f31eacc07c9c6cef658f50a455f5ca6037fe4d"),
     "v5_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 5 (output samples take sampler_steps)",
                          "79d8156eea5a635ab8d3eb10b990e5a5329b1abbcb016180d8ad3a65a2d53b2e"),
+    "v6_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 6 (no coarse_sigma field)",
+                         "4bfb54383144deb8696b20f2fc8baded11c23c0722eb8b950bb50c64f1d60cc0"),
 }
 
 
@@ -280,15 +286,19 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_7.psc", replace_head(base, lambda p: p.__setitem__(0, 7)), "format version 7, CRC recomputed",
+        ("version_8.psc", replace_head(base, lambda p: p.__setitem__(0, 8)), "format version 8, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
-        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-4, 2)),
+        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-8, 2)),
          "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
-        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-3, 2)),
+        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-7, 2)),
          "HEAD precision field 2 (only 0 and 1 are defined), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
-        ("output_steps_zero.psc", replace_head(base, lambda p: p.__setitem__(slice(-2, None), b"\x00\x00")),
+        ("output_steps_zero.psc", replace_head(base, lambda p: p.__setitem__(slice(-6, -4), b"\x00\x00")),
          "HEAD output_sampler_steps 0 (the range is 1..1000), CRC recomputed",
+         {"outcome": "error", "error": "CorruptFileError"}),
+        ("coarse_sigma_negative.psc",
+         replace_head(base, lambda p: p.__setitem__(slice(-4, None), struct.pack(">f", -0.3))),
+         "HEAD coarse_sigma -0.3 (the range is 0 ..< 10^4), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("raw_nan.psc", edit_data(1, lambda p: p.__setitem__(12, 0x7F), good["rgb_32x24_raw.psc"]),
          "rgb_32x24_raw.psc with its first raw float8 byte of DATA step 1 set to NaN (0x7F), CRC recomputed",

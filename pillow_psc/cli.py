@@ -82,7 +82,7 @@ def _info(args: argparse.Namespace) -> None:
         "format_version": h.version, "model": h.prior_id, "model_sha256": h.model_sha256.hex(), "seed": h.seed,
         "prompt": h.prompt, "sampler": h.sampler, "sampler_steps": h.sampler_steps, "samples": h.samples,
         "eta": h.eta, "sigma_max": h.sigma_max, "sigma_min": h.sigma_min, "output_samples": h.output_samples,
-        "output_sampler_steps": h.output_sampler_steps, "tile": h.tile, "window": h.window, "margin": h.margin,
+        "output_sampler_steps": h.output_sampler_steps, "coarse_sigma": h.coarse_sigma, "tile": h.tile, "window": h.window, "margin": h.margin,
         "float8": h.float8, "delta": h.delta,
         "rows_per_step": h.rows_per_step, "coding": h.coding,
         "precision": h.precision, "steps": steps,

@@ -28,7 +28,7 @@ from .errors import BudgetError, CorruptFileError, DesyncError, ModelMismatchErr
 from .priors import Prior, at_precision, canonical_model_id, load_prior
 from .quantize import dequantize, float8_bytes, float8_values, quantize
 from .rows import TileGrid, base_rows, dct_bands, dct_matrix, orthonormalise, principal_directions
-from .samplers import karras_sigmas, sample_projected
+from .samplers import at_half_resolution, karras_sigmas, sample_projected
 
 SAMPLER = "ddnm"
 OUTPUT_STEP = 0xFFFF  # step id used to seed the final (output) sampling
@@ -44,6 +44,7 @@ class Effort(NamedTuple):
     samples: int  # posterior samples per step
     step_share: float  # share of the prior's sampler steps per sample
     output_samples: int  # samples averaged by the `mean` decode
+    coarse: bool  # denoise at half resolution from the prior's coarse_sigma up
 
 
 #: Encoder effort, like cjxl's -e or avifenc's --speed. Samples x a share of the prior's sampler steps is the
@@ -51,8 +52,11 @@ class Effort(NamedTuple):
 #: spent 31 % of the evaluations for -1.90 dB, 5 x 4 47 % for -0.39 dB, 6 x 4 50 % for -0.37 dB, 8 x 3 44 % for
 #: -1.33 dB. Sampler steps matter more than samples: on kodim19 and kodim23 (format 6) 4 x 4 measured +0.92 and
 #: +0.16 dB over 5 x 3 (3 x 4: +0.54 and -0.33 dB). Averaging 4 output samples instead of 8 cost 0.03-0.07 dB
-#: on kodim05, 19 and 23 for half the output's evaluations. More photos: README "Effort".
-EFFORTS = {1: Effort(4, 2 / 3, 4), 2: Effort(5, 2 / 3, 8), 3: Effort(8, 1.0, 8)}
+#: on kodim05, 19 and 23 for half the output's evaluations. Effort 1 also denoises the first noise level at half
+#: resolution (format 7, `coarse`): on 8 whole Kodak photos (float32, same machine) +0.11 dB (-0.00..+0.23) for
+#: about 19 % less encoder time; at a threshold of 0.1 (two of its four levels) -0.17 / -0.22 dB on kodim23 / 19,
+#: and a quarter resolution for the first level -0.49 / -0.07 dB. More photos: README "Effort".
+EFFORTS = {1: Effort(4, 2 / 3, 4, True), 2: Effort(5, 2 / 3, 8, False), 3: Effort(8, 1.0, 8, False)}
 DEFAULT_EFFORT = 3
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
 #: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (effort
@@ -71,6 +75,7 @@ class CodecConfig:
     eta: float = 1.0
     output_samples: int | None = None  # samples averaged by the `mean` decode; None: by effort
     output_sampler_steps: int | None = None  # per output sample; None: OUTPUT_STEPS_FACTOR x sampler_steps
+    coarse_sigma: float | None = None  # denoise at half resolution from this noise level up; 0: never; None: by effort
     rows_per_step: tuple[float, ...] = (4.0,)  # new rows per tile at each step; the last value repeats
     delta: float | None = None  # quantizer step in signal units; None: auto_delta(rate)
     tile: int | None = None  # None: the prior's default
@@ -127,7 +132,8 @@ class SensingState:
         ds = prior.downscale
         self.grid = TileGrid(prior.channels, math.ceil(header.height / ds), math.ceil(header.width / ds), header.tile)
         self.mask = self.grid.masks(self.device)
-        self._denoise = at_precision(prior.denoiser(header.prompt), header.precision)
+        self._denoise = at_half_resolution(at_precision(prior.denoiser(header.prompt), header.precision),
+                                           header.coarse_sigma)
         self.evaluations = 0  # denoiser evaluations (images through the network), for benchmarks
         self.step_sigmas = karras_sigmas(header.sampler_steps, header.sigma_max, header.sigma_min)
         self.output_sigmas = karras_sigmas(header.output_sampler_steps, header.sigma_max, header.sigma_min)
@@ -689,6 +695,7 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
         sigma_max=cfg.sigma_max or prior.sigma_max, sigma_min=cfg.sigma_min or prior.sigma_min,
         output_samples=effort.output_samples if cfg.output_samples is None else cfg.output_samples,
         output_sampler_steps=cfg.output_sampler_steps or OUTPUT_STEPS_FACTOR * sampler_steps,
+        coarse_sigma=(prior.coarse_sigma if effort.coarse else 0.0) if cfg.coarse_sigma is None else cfg.coarse_sigma,
         tile=cfg.tile or prior.tile, window=cfg.window, margin=cfg.margin,
         float8="e4m3fn", delta=delta, rows_per_step=list(cfg.rows_per_step), coding=cfg.coding,
         precision=cfg.precision)
@@ -696,6 +703,9 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
         header = Header.from_bytes(header.to_bytes())  # float fields as the decoder will read them (float32)
     except CorruptFileError as exc:  # a setting the format cannot hold: the caller's mistake, not a bad file
         raise ValueError(f"invalid codec settings: {exc}") from None
+    if header.coarse_sigma and header.tile % (2 * prior.tile_multiple):
+        raise ValueError(f"denoising at half resolution (coarse_sigma) on model {prior.id} needs a tile size that is "
+                         f"a multiple of {2 * prior.tile_multiple}")
     psc = PSCFile(header, zlib.compress(alpha.tobytes(), 9) if alpha is not None else None,
                   {k: v for k, v in (metadata or {}).items() if v})
     remaining = budget - len(psc.to_bytes())
@@ -814,9 +824,10 @@ def _load_matching_prior(header: Header, model: str | None, device: str) -> Prio
         raise ModelMismatchError(
             f"this file needs model {header.prior_id!r} with weights sha256 {header.model_sha256.hex()[:16]}...; "
             f"the loaded model {prior.id!r} has {prior.sha256.hex()[:16]}...")
-    if not _channels_fit(header.channels, prior) or header.tile % prior.tile_multiple:
+    multiple = prior.tile_multiple * (2 if header.coarse_sigma else 1)  # half resolution halves the tiles
+    if not _channels_fit(header.channels, prior) or header.tile % multiple:
         raise CorruptFileError(f"header declares {header.channels} channels and tile {header.tile}, which model "
-                               f"{prior.id!r} cannot code")
+                               f"{prior.id!r} cannot code{' at half resolution' if header.coarse_sigma else ''}")
     return prior
 
 

@@ -20,9 +20,9 @@ from typing import BinaryIO, Iterator
 from .errors import CorruptFileError, NotPSCError, UnsupportedFileError
 
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
-FORMAT_VERSION = 6  # written by this build
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision,
-# 5 +delta code, 6 +output_sampler_steps
+FORMAT_VERSION = 7  # written by this build
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision,
+# 5 +delta code, 6 +output_sampler_steps, 7 +coarse_sigma
 CODINGS = ("innovation", "raw")  # how adaptive measurements are coded (PSC.md §6.11)
 PRECISIONS = ("float32", "bfloat16")  # arithmetic of the denoiser (PSC.md §6.2)
 MAX_DIMENSION = 65535
@@ -62,6 +62,7 @@ class Header:
     coding: str = "innovation"  # "innovation" (range-coded residuals) or "raw" (float8 bytes, paper-faithful)
     precision: str = "float32"  # "bfloat16": the denoiser runs under bfloat16 autocast (fast, less portable)
     output_sampler_steps: int | None = None  # denoiser evaluations per output sample; None: sampler_steps
+    coarse_sigma: float = 0.0  # noise levels from this one up are denoised at half resolution; 0: none
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -95,6 +96,10 @@ class Header:
             out.write(struct.pack(">H", self.output_sampler_steps))
         elif self.output_sampler_steps != self.sampler_steps:
             raise ValueError(f"format version {self.version} cannot hold output_sampler_steps")
+        if self.version >= 7:
+            out.write(struct.pack(">f", self.coarse_sigma))
+        elif self.coarse_sigma:
+            raise ValueError(f"format version {self.version} cannot hold coarse_sigma")
         return out.getvalue()
 
     @classmethod
@@ -117,13 +122,14 @@ class Header:
         (coding,) = r.unpack(">B") if version >= 3 else (0,)
         (precision,) = r.unpack(">B") if version >= 4 else (0,)
         (out_steps,) = r.unpack(">H") if version >= 6 else (steps,)
+        (coarse_sigma,) = r.unpack(">f") if version >= 7 else (0.0,)
         r.finish()
         for name, value, names in (("coding", coding, CODINGS), ("precision", precision, PRECISIONS)):
             if value >= len(names):
                 raise CorruptFileError(f"header field {name} has the unknown value {value}")
         hdr = cls(width, height, channels, bool(flags & 1), prior_id, sha, seed, prompt, sampler, steps, samples,
                   eta, smax, smin, out_samples, tile, window, margin, float8, delta, rates,
-                  CODINGS[coding], PRECISIONS[precision], out_steps, version)
+                  CODINGS[coding], PRECISIONS[precision], out_steps, coarse_sigma, version)
         hdr.validate()
         return hdr
 
@@ -143,6 +149,7 @@ class Header:
             (1 <= self.output_sampler_steps <= 1000, "output_sampler_steps"),
             (1 <= self.output_samples <= 256, "output_samples"), (0.0 <= self.eta <= 1.0, "eta"),
             (0.0 < self.sigma_min <= self.sigma_max < 1e4, "sigma range"), (0.0 < self.delta < 1e4, "delta"),
+            (0.0 <= self.coarse_sigma < 1e4, "coarse_sigma"),
             (len(self.rows_per_step) >= 1 and all(0.0 < v <= 1024.0 for v in self.rows_per_step), "rows_per_step"),
         ]
         for ok, name in checks:

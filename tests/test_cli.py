@@ -29,8 +29,9 @@ def test_encode_info_decode(tmp_path, capsys):
     png = tmp_path / "dec.png"
     assert main(["decode", str(out), str(png), "--mode", "sample", "--steps", "2"]) == 0
     assert psnr(np.asarray(Image.open(png)), crop) > 18
-    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 6)
+    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 7)
     assert info["output_sampler_steps"] == codec.OUTPUT_STEPS_FACTOR * info["sampler_steps"]
+    assert info["coarse_sigma"] == 0.0  # the default effort denoises at full resolution
 
 
 def test_encode_paper_configuration(tmp_path, capsys):
@@ -42,6 +43,7 @@ def test_encode_paper_configuration(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert (info["coding"], info["samples"], info["sampler_steps"], info["output_samples"]) == ("raw", 3, 25, 64)
     assert info["output_sampler_steps"] == 25  # the paper samples its output like its steps
+    assert info["coarse_sigma"] == 0.0  # and at full resolution
 
 
 def test_encode_with_an_explicit_quantizer_step_and_precision(tmp_path, capsys):

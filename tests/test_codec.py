@@ -11,6 +11,7 @@ import torch
 import pillow_psc
 from pillow_psc import codec, entropy
 from pillow_psc.container import read_file
+from pillow_psc.priors.ffdnet import FFDNetPrior
 from pillow_psc.quantize import dequantize, quantize
 
 from conftest import FAST, kodak_crop, psnr
@@ -55,24 +56,25 @@ def test_working_in_chunks_changes_nothing(crop64, encoded64, monkeypatch):
     assert np.array_equal(codec.decode_array(encoded.data).pixels, encoded64.reconstruct("mean"))
 
 
-def test_effort_sets_samples_sampler_steps_and_output_samples_unless_given(crop64):
-    """Effort picks the evaluations per step (samples x a share of the prior's sampler steps) and the output
-    samples; the default effort is the prior's own sampler steps with 8 samples; explicit values win; an unknown
-    effort is refused."""
+def test_effort_sets_samples_sampler_steps_output_samples_and_coarse_sigma_unless_given(crop64):
+    """Effort picks the evaluations per step (samples x a share of the prior's sampler steps), the output
+    samples and whether high noise levels are denoised at half resolution; the default effort is the prior's own
+    sampler steps with 8 samples at full resolution; explicit values win; an unknown effort is refused."""
     small = crop64[:16, :16]
-    for effort, expected in ((1, (4, 4, 4)), (2, (5, 4, 8)), (3, (8, 6, 8))):
+    coarse = np.float32(FFDNetPrior.coarse_sigma)
+    for effort, expected in ((1, (4, 4, 4, coarse)), (2, (5, 4, 8, 0.0)), (3, (8, 6, 8, 0.0))):
         header = read_file(codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=effort)).data).header
-        assert (header.samples, header.sampler_steps, header.output_samples) == expected
+        assert (header.samples, header.sampler_steps, header.output_samples, header.coarse_sigma) == expected
     assert codec.CodecConfig().effort == codec.DEFAULT_EFFORT == 3
-    explicit = codec.CodecConfig(effort=1, samples=3, sampler_steps=2, output_samples=6)
+    explicit = codec.CodecConfig(effort=1, samples=3, sampler_steps=2, output_samples=6, coarse_sigma=0.0)
     header = read_file(codec.encode(small, max_bytes=200, config=explicit).data).header
-    assert (header.samples, header.sampler_steps, header.output_samples) == (3, 2, 6)
+    assert (header.samples, header.sampler_steps, header.output_samples, header.coarse_sigma) == (3, 2, 6, 0.0)
     with pytest.raises(ValueError, match="effort must be one of 1, 2, 3"):
         codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=0))
 
 
 @pytest.mark.parametrize("setting", [{"samples": 0}, {"samples": 1}, {"sampler_steps": 0}, {"output_samples": 0},
-                                     {"output_samples": 257}])
+                                     {"output_samples": 257}, {"coarse_sigma": -0.1}])
 def test_settings_the_format_cannot_hold_are_refused(crop64, setting):
     """A zero is not "use the effort's value" (only None is), and the header's limits are the caller's error."""
     with pytest.raises(ValueError, match="invalid codec settings: header field"):
@@ -333,6 +335,19 @@ def test_odd_tile_for_ffdnet_is_refused():
     with pytest.raises(ValueError, match="multiple of 2"):
         codec.encode_array(kodak_crop("kodim23", (5, 5), "L"), max_bytes=400,
                            config=dataclasses.replace(FAST, tile=5))
+
+
+def test_half_resolution_needs_tiles_that_halve_into_what_the_prior_accepts():
+    """FFDNet needs even region sides; at half resolution the tiles must be multiples of 4 (PSC.md §6.2)."""
+    import dataclasses
+    pixels = kodak_crop("kodim23", (12, 12), "L")
+    with pytest.raises(ValueError, match="multiple of 4"):
+        codec.encode_array(pixels, max_bytes=400, config=dataclasses.replace(FAST, tile=6, coarse_sigma=0.3))
+    data = codec.encode_array(pixels, max_bytes=400, config=dataclasses.replace(FAST, tile=6))
+    psc = read_file(data)
+    psc.header = dataclasses.replace(psc.header, coarse_sigma=0.3)  # the same file claiming half resolution
+    with pytest.raises(pillow_psc.CorruptFileError, match="at half resolution"):
+        codec.decode_array(psc.to_bytes())
 
 
 def test_header_channels_that_the_model_cannot_code_are_corrupt():

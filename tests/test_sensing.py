@@ -8,7 +8,7 @@ import torch
 
 from pillow_psc import entropy, quantize
 from pillow_psc.rows import TileGrid, base_rows, dct_matrix, orthonormalise, principal_directions
-from pillow_psc.samplers import karras_sigmas
+from pillow_psc.samplers import at_half_resolution, karras_sigmas
 
 
 def test_quantizer_is_uniform_near_zero_and_saturates():
@@ -72,3 +72,23 @@ def test_dct_is_orthonormal_and_sigmas_decrease():
     assert np.allclose(d @ d.T, np.eye(7))
     s = karras_sigmas(5, 1.0, 0.01)
     assert s[0] == pytest.approx(1.0) and s[-1] == pytest.approx(0.01) and s == sorted(s, reverse=True)
+
+
+def test_half_resolution_denoises_the_averaged_image_at_half_the_noise_and_upsamples_bilinearly():
+    """PSC.md §6.9: from coarse_sigma up, D(x, s) is up(D(down(x), s / 2)); below it (or with 0) D is untouched."""
+    seen = []
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        seen.append((tuple(x.shape), sigma))
+        return x * 2
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    coarse = at_half_resolution(denoise, 0.3)
+    assert torch.equal(coarse(x, 0.2), x * 2) and seen[-1] == ((1, 1, 4, 4), 0.2)
+    out = coarse(x, 0.3)
+    assert seen[-1] == ((1, 1, 2, 2), 0.15)
+    small = torch.tensor([[2.5, 4.5], [10.5, 12.5]]) * 2  # 2x2 block means, "denoised"
+    # bilinear x2 with half-sample centres: output 0 and 3 clamp to the edge, 1 and 2 mix 3/4 + 1/4
+    up = torch.tensor([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(out[0, 0].double(), up @ small.double() @ up.T)
+    assert at_half_resolution(denoise, 0.0) is denoise
