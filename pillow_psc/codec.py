@@ -703,9 +703,9 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
         header = Header.from_bytes(header.to_bytes())  # float fields as the decoder will read them (float32)
     except CorruptFileError as exc:  # a setting the format cannot hold: the caller's mistake, not a bad file
         raise ValueError(f"invalid codec settings: {exc}") from None
-    if header.coarse_sigma and header.tile % (2 * prior.tile_multiple):
+    if header.tile % tile_multiple(prior, header.coarse_sigma):
         raise ValueError(f"denoising at half resolution (coarse_sigma) on model {prior.id} needs a tile size that is "
-                         f"a multiple of {2 * prior.tile_multiple}")
+                         f"a multiple of {tile_multiple(prior, header.coarse_sigma)}")
     psc = PSCFile(header, zlib.compress(alpha.tobytes(), 9) if alpha is not None else None,
                   {k: v for k, v in (metadata or {}).items() if v})
     remaining = budget - len(psc.to_bytes())
@@ -814,6 +814,11 @@ def _channels_fit(channels: int, prior: Prior) -> bool:
     return channels == prior.pixel_channels or prior.pixel_channels == 3
 
 
+def tile_multiple(prior: Prior, coarse_sigma: float) -> int:
+    """Tile sides must be multiples of this: the prior's, doubled where regions are also halved (coarse_sigma)."""
+    return prior.tile_multiple * (2 if coarse_sigma else 1)
+
+
 def _load_matching_prior(header: Header, model: str | None, device: str) -> Prior:
     model_id = model or header.prior_id
     try:
@@ -824,8 +829,7 @@ def _load_matching_prior(header: Header, model: str | None, device: str) -> Prio
         raise ModelMismatchError(
             f"this file needs model {header.prior_id!r} with weights sha256 {header.model_sha256.hex()[:16]}...; "
             f"the loaded model {prior.id!r} has {prior.sha256.hex()[:16]}...")
-    multiple = prior.tile_multiple * (2 if header.coarse_sigma else 1)  # half resolution halves the tiles
-    if not _channels_fit(header.channels, prior) or header.tile % multiple:
+    if not _channels_fit(header.channels, prior) or header.tile % tile_multiple(prior, header.coarse_sigma):
         raise CorruptFileError(f"header declares {header.channels} channels and tile {header.tile}, which model "
                                f"{prior.id!r} cannot code{' at half resolution' if header.coarse_sigma else ''}")
     return prior
