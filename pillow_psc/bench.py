@@ -412,10 +412,12 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise FileNotFoundError(f"no {', '.join(f'{m}.png' for m in missing)} in {kodak}")
     overrides = {k: v for k, v in {"samples": args.samples, "sampler_steps": args.sampler_steps,
                                    "precision": args.precision}.items() if v is not None}
-    config = dataclasses.replace(QUICK["config"] if args.quick else codec.CodecConfig(), **overrides)
+    # An explicit --effort sets the sampler budget itself, so --quick then keeps only its images, crop and rates.
+    base = QUICK["config"] if args.quick and args.effort is None else codec.CodecConfig()
+    config = dataclasses.replace(base, **overrides, **({} if args.effort is None else {"effort": args.effort}))
     # The paper-faithful PSC sends raw float8 measurements (one byte each: no prediction, no entropy model). Full
-    # runs also use the paper's sampler settings (codec.PAPER_CONFIG); --quick keeps the quick sampler budget, so
-    # that the two PSC curves differ only in the coding. Explicit --samples/--sampler-steps/--precision apply to both.
+    # runs also use the paper's sampler settings (codec.PAPER_CONFIG); --quick keeps PSC's sampler budget, so that
+    # the two PSC curves differ only in the coding. Explicit --samples/--sampler-steps/--precision apply to both.
     paper = dataclasses.replace(config, coding="raw") if args.quick else dataclasses.replace(codec.PAPER_CONFIG,
                                                                                              **overrides)
     return BenchOptions(

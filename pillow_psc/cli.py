@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     ben.add_argument("--quick", action="store_true",
                      help="4 images, 256 px centre crops, rates 0.05 0.1 0.2, PSC with 4 samples, 3 sampler steps "
                           "and 2 output samples: about 10 minutes on a 2-core CPU; explicit options override these")
+    ben.add_argument("--effort", type=int, choices=sorted(codec.EFFORTS),
+                     help=f"PSC encoder effort (default {codec.DEFAULT_EFFORT}); with --quick it replaces the quick "
+                          "sampler budget (the paper-faithful curve then uses the effort's too)")
     ben.add_argument("--samples", type=int, help="PSC posterior samples per step")
     ben.add_argument("--sampler-steps", type=int, help="PSC denoiser evaluations per sample")
     ben.add_argument("--precision", choices=PRECISIONS, help="PSC denoiser arithmetic (default float32)")

@@ -55,8 +55,11 @@ class Effort(NamedTuple):
 #: on kodim05, 19 and 23 for half the output's evaluations. Effort 1 also denoises the first noise level at half
 #: resolution (format 7, `coarse`): on 8 whole Kodak photos (float32, same machine) +0.11 dB (-0.00..+0.23) for
 #: about 19 % less encoder time; at a threshold of 0.1 (two of its four levels) -0.17 / -0.22 dB on kodim23 / 19,
-#: and a quarter resolution for the first level -0.49 / -0.07 dB. More photos: README "Effort".
-EFFORTS = {1: Effort(4, 2 / 3, 4, True), 2: Effort(5, 2 / 3, 8, False), 3: Effort(8, 1.0, 8, False)}
+#: and a quarter resolution for the first level -0.49 / -0.07 dB. Effort 2 was 5 x 4 (only 0.03 dB above effort 1
+#: on 8 whole photos); 4 x 6 with the half-resolution level and 8 output samples measured, on all 24 Kodak photos at
+#: 0.1 bpp (float32), the default's quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24
+#: better). More: README "Effort".
+EFFORTS = {1: Effort(4, 2 / 3, 4, True), 2: Effort(4, 1.0, 8, True), 3: Effort(8, 1.0, 8, False)}
 DEFAULT_EFFORT = 3
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
 #: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (effort

@@ -26,8 +26,8 @@ def karras_sigmas(n: int, sigma_max: float, sigma_min: float, rho: float = 7.0) 
 def at_half_resolution(denoise: Denoiser, coarse_sigma: float) -> Denoiser:
     """D(x, sigma), but from `coarse_sigma` up on the 2x2-averaged x (whose noise is sigma / 2), upsampled bilinearly.
 
-    A quarter of the work where the clean estimate is smooth anyway. For FFDNet it is also better: its training
-    stopped at 75/255, and the first noise level (0.45) averaged down to 0.225 is inside that range. 0: never.
+    A quarter of the work where the clean estimate is smooth anyway; it also brings noise levels above a
+    denoiser's training range back into it (priors/ffdnet.py). 0: never.
     """
     if coarse_sigma <= 0:
         return denoise

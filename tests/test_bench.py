@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from pillow_psc.bench import baseline_codecs, bd_rate, fit_quality
-from pillow_psc.cli import main
+from pillow_psc.bench import QUICK, baseline_codecs, bd_rate, fit_quality, options_from_args
+from pillow_psc.cli import build_parser, main
+from pillow_psc.codec import PAPER_CONFIG
 
 from conftest import kodak_crop, kodak_dir
 
@@ -82,6 +83,26 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     table = capsys.readouterr().out
     assert table.startswith("| codec |") and "| PSC (mean) | 1.5 |" in table and "| WebP | 1.5 |" in table
     assert "| PSC (sample) | 1.5 |" in table
+
+
+@pytest.mark.parametrize("extra, effort, samples, paper_samples", [
+    ([], QUICK["config"].effort, QUICK["config"].samples, QUICK["config"].samples),  # the quick sampler budget on both PSC curves
+    (["--effort", "1"], 1, None, None),  # the effort's budget instead, on both
+    (["--effort", "1", "--samples", "6"], 1, 6, 6),  # explicit settings still win
+])
+def test_bench_quick_effort_replaces_the_quick_sampler_budget(extra, effort, samples, paper_samples):
+    args = build_parser().parse_args(["bench", "--kodak", str(kodak_dir()), "--quick", *extra])
+    opts = options_from_args(args)
+    assert (opts.config.effort, opts.config.samples, opts.config.coding) == (effort, samples, "innovation")
+    paper = opts.paper_config
+    assert (paper.effort, paper.samples, paper.coding) == (effort, paper_samples, "raw")
+    assert opts.crop == QUICK["crop"] and opts.images == list(QUICK["images"])
+
+
+def test_bench_full_run_effort_leaves_the_paper_settings_alone():
+    args = build_parser().parse_args(["bench", "--kodak", str(kodak_dir()), "--images", "kodim23", "--effort", "1"])
+    opts = options_from_args(args)
+    assert opts.config.effort == 1 and opts.paper_config == PAPER_CONFIG  # no half resolution in the paper's sampler
 
 
 def test_bench_regenerates_the_readme_block(tmp_path):

@@ -84,7 +84,7 @@ def test_encode_effort_sets_the_evaluations_per_step(tmp_path, capsys):
     --samples still wins."""
     src, out = tmp_path / "in.png", tmp_path / "fast.psc"
     Image.fromarray(kodak_crop("kodim23", (16, 16))).save(src)
-    for argv, expected in ((["--effort", "1"], (4, 4, 4)), (["--effort", "2", "--samples", "3"], (3, 4, 8))):
+    for argv, expected in ((["--effort", "1"], (4, 4, 4)), (["--effort", "2", "--samples", "3"], (3, 6, 8))):
         assert main(["encode", str(src), str(out), "--max-bytes", "200", *argv]) == 0
         capsys.readouterr()
         assert main(["info", str(out), "--json"]) == 0

@@ -30,7 +30,8 @@ class Prior(ABC):
     sigma_max: float = 1.0
     sigma_min: float = 0.01
     sampler_steps: int = 6
-    #: Noise level from which effort 1 denoises at half resolution (samplers.at_half_resolution); 0: never.
+    #: Noise level from which efforts with `coarse` set denoise at half resolution (samplers.at_half_resolution);
+    #: 0: never.
     coarse_sigma: float = 0.0
     #: Pixels per signal sample along each axis (8 for an SD latent).
     downscale: int = 1

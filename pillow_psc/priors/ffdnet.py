@@ -100,7 +100,9 @@ class FFDNetPrior(Prior):
     sigma_max = 0.45
     sigma_min = 1.5 / 255
     sampler_steps = 6
-    coarse_sigma = 0.3  # above FFDNet's training range (75/255): the first noise level, at half resolution
+    #: Above FFDNet's training range (75/255): the first noise level (0.45) is denoised at half resolution, where
+    #: 2x2 averaging halves it to 0.225, inside that range.
+    coarse_sigma = 0.3
 
     def __init__(self, channels: int, device: torch.device):
         super().__init__(device)
