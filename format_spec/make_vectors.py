@@ -153,6 +153,9 @@ LEGACY = {
                          "79d8156eea5a635ab8d3eb10b990e5a5329b1abbcb016180d8ad3a65a2d53b2e"),
     "v6_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 6 (no coarse_sigma field)",
                          "4bfb54383144deb8696b20f2fc8baded11c23c0722eb8b950bb50c64f1d60cc0"),
+    "v7_rgb_32x32_coarse.psc": ("rgb_32x32_coarse.psc as written in format version 7 (half-resolution estimates "
+                                "upsampled by torch's bilinear kernel)",
+                                "676c2e8fcae55da05c8b87eacc57dc13c99012b51614f1c07252c4c781593e4a"),
 }
 
 
@@ -286,7 +289,7 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_8.psc", replace_head(base, lambda p: p.__setitem__(0, 8)), "format version 8, CRC recomputed",
+        ("version_9.psc", replace_head(base, lambda p: p.__setitem__(0, 9)), "format version 9, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
         ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-8, 2)),
          "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),

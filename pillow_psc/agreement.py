@@ -27,7 +27,10 @@ choice or a spread level passes unnoticed and yields a slightly different image.
 Files written with ``--precision bfloat16`` (PSC.md §6.2) run the denoiser in bfloat16 on both sides; the variant
 ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` is a CPU with AVX-512 bfloat16 instructions but no AMX.
 
-Usage: ``python -m pillow_psc.agreement [--images kodim01 ...] [--crop 128] [--rate 0.3] [--precision P] [--out DIR]``.
+``--coarse-sigma 0.3`` makes the files use the half-resolution level of efforts 1 and 2 (PSC.md §6.9).
+
+Usage: ``python -m pillow_psc.agreement [--images kodim01 ...] [--crop 128] [--rate 0.3] [--precision P]
+[--coarse-sigma S] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ def _work(job: dict[str, Any]) -> dict[str, Any]:
         start, record = time.perf_counter(), {"name": name}
         if job["task"] == "encode":
             config = pillow_psc.CodecConfig(samples=4, sampler_steps=3, output_samples=2,  # the tests' FAST config
-                                            precision=job["precision"])
+                                            precision=job["precision"], coarse_sigma=job["coarse_sigma"])
             enc = pillow_psc.encode(kodak_crop(name, job["crop"]), rate=job["rate"], config=config, device="cpu")
             (dst / f"{name}.psc").write_bytes(enc.data)
             np.save(dst / f"{name}.recon.npy", enc.reconstruct("mean"))
@@ -157,12 +160,13 @@ def _work(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_worker(task: str, env: Env, images: list[str], crop: int, rate: float, src: Path, dst: Path,
-               precision: str = "float32") -> dict:
+               precision: str = "float32", coarse_sigma: float = 0.0) -> dict:
     """Run one task in a fresh interpreter whose environment is `env` (variables must precede torch's import)."""
     dst.mkdir(parents=True, exist_ok=True)
     job_path = dst / f"{task}-job.json"
     job = {"task": task, "env": dataclasses.asdict(env), "images": images, "crop": crop, "rate": rate,
-           "src": str(src), "dst": str(dst), "precision": precision}
+           "src": str(src), "dst": str(dst), "precision": precision,
+           "coarse_sigma": coarse_sigma}
     job_path.write_text(json.dumps(job))
     variables = {k: v for k, v in os.environ.items() if k not in KERNEL_VARIABLES} | env.variables
     proc = subprocess.run([sys.executable, "-m", "pillow_psc.agreement", "--worker", str(job_path)], env=variables,
@@ -191,7 +195,7 @@ def _compare(decoded: dict, enc_dir: Path, dec_dir: Path, crop: int) -> dict:
 
 
 def measure(images: list[str], crop: int, rate: float, out: Path, decoders: list[Env] | None = None,
-            encoders: list[Env] | None = None, precision: str = "float32") -> dict:
+            encoders: list[Env] | None = None, precision: str = "float32", coarse_sigma: float = 0.0) -> dict:
     """Encode in the reference (and in each of `encoders`), decode in each environment; write out/agreement.json.
 
     Rows: reference encoder x (reference decoder as the control, then each of `decoders`), then each encoder
@@ -202,7 +206,7 @@ def measure(images: list[str], crop: int, rate: float, out: Path, decoders: list
     start, work, rows, versions = time.perf_counter(), out / "work", [], set()
     for encoder in [REFERENCE, *encoders]:
         enc_dir = work / f"enc-{_slug(encoder.name)}"
-        encoded = run_worker("encode", encoder, images, crop, rate, enc_dir, enc_dir, precision)
+        encoded = run_worker("encode", encoder, images, crop, rate, enc_dir, enc_dir, precision, coarse_sigma)
         versions.add(encoded["torch"])
         for decoder in [REFERENCE, *decoders] if encoder is REFERENCE else [REFERENCE]:
             dec_dir = enc_dir / f"dec-{_slug(decoder.name)}"
@@ -212,7 +216,7 @@ def measure(images: list[str], crop: int, rate: float, out: Path, decoders: list
                          "encoded": encoded["images"],
                          "images": [_compare(r, enc_dir, dec_dir, crop) for r in result["images"]]})
             print(f"{encoder.name} -> {decoder.name}: {outcome(rows[-1]['images'])}", file=sys.stderr, flush=True)
-    report = {"images": images, "crop": crop, "rate": rate, "precision": precision,
+    report = {"images": images, "crop": crop, "rate": rate, "precision": precision, "coarse_sigma": coarse_sigma,
               "torch": ", ".join(sorted(versions)), "wall_seconds": round(time.perf_counter() - start, 1), "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "agreement.json").write_text(json.dumps(report, indent=1))
@@ -242,6 +246,7 @@ def markdown(report: dict) -> str:
     """The Markdown table of a report."""
     lines = [f"{len(report['images'])} Kodak centre crops {report['crop']}x{report['crop']} "
              f"({', '.join(report['images'])}), rate {report['rate']} bpp, precision {report['precision']}, "
+             f"coarse_sigma {report.get('coarse_sigma', 0.0)}, "
              f"torch {report['torch']}; "
              f"{report['wall_seconds']} s in all.", "",
              "| encoder env | decoder env | ATen ISA | outcome | max abs Δ px | ΔPSNR dB mean (worst) | decode s |",
@@ -263,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, default=128, help="centre crop side, pixels")
     parser.add_argument("--rate", type=float, default=0.3, help="bits per pixel")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="denoiser arithmetic of the files")
+    parser.add_argument("--coarse-sigma", type=float, default=0.0,
+                        help="denoise noise levels from this one up at half resolution (efforts 1 and 2: 0.3)")
     parser.add_argument("--out", type=Path, default=Path("agreement-out"))
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: a job file of run_worker
     args = parser.parse_args(argv)
@@ -271,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         result = _work(job)
         (Path(job["dst"]) / f"{job['task']}-result.json").write_text(json.dumps(result))
         return 0
-    report = measure(args.images, args.crop, args.rate, args.out, precision=args.precision)
+    report = measure(args.images, args.crop, args.rate, args.out, precision=args.precision,
+                     coarse_sigma=args.coarse_sigma)
     table = markdown(report)
     (args.out / "agreement.md").write_text(table + "\n")
     print(table)

@@ -28,7 +28,7 @@ from .errors import BudgetError, CorruptFileError, DesyncError, ModelMismatchErr
 from .priors import Prior, at_precision, canonical_model_id, load_prior
 from .quantize import dequantize, float8_bytes, float8_values, quantize
 from .rows import TileGrid, base_rows, dct_bands, dct_matrix, orthonormalise, principal_directions
-from .samplers import at_half_resolution, karras_sigmas, sample_projected
+from .samplers import at_half_resolution, karras_sigmas, sample_projected, upsample_bilinear, upsample_bilinear_v7
 
 SAMPLER = "ddnm"
 OUTPUT_STEP = 0xFFFF  # step id used to seed the final (output) sampling
@@ -135,8 +135,9 @@ class SensingState:
         ds = prior.downscale
         self.grid = TileGrid(prior.channels, math.ceil(header.height / ds), math.ceil(header.width / ds), header.tile)
         self.mask = self.grid.masks(self.device)
+        upsample = upsample_bilinear_v7 if header.version == 7 else upsample_bilinear
         self._denoise = at_half_resolution(at_precision(prior.denoiser(header.prompt), header.precision),
-                                           header.coarse_sigma)
+                                           header.coarse_sigma, upsample)
         self.evaluations = 0  # denoiser evaluations (images through the network), for benchmarks
         self.step_sigmas = karras_sigmas(header.sampler_steps, header.sigma_max, header.sigma_min)
         self.output_sigmas = karras_sigmas(header.output_sampler_steps, header.sigma_max, header.sigma_min)

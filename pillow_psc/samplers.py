@@ -23,7 +23,27 @@ def karras_sigmas(n: int, sigma_max: float, sigma_min: float, rho: float = 7.0) 
     return [float((hi + i / (n - 1) * (lo - hi)) ** rho) for i in range(n)]
 
 
-def at_half_resolution(denoise: Denoiser, coarse_sigma: float) -> Denoiser:
+def _double_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Twice the length along `dim`: output 2i+0 is 0.75 x[i] + 0.25 x[i-1], 2i+1 is 0.75 x[i] + 0.25 x[i+1],
+    with the ends repeated. Elementwise on purpose: the same floats on any thread count (PSC.md §6.9)."""
+    n = x.shape[dim]
+    before = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
+    after = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+    return torch.stack([0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after], dim + 1).flatten(dim, dim + 1)
+
+
+def upsample_bilinear(x: torch.Tensor) -> torch.Tensor:
+    """2x bilinear upsampling of (N, C, H, W) with half-pixel centres, rows first, then columns."""
+    return _double_axis(_double_axis(x, 2), 3)
+
+
+def upsample_bilinear_v7(x: torch.Tensor) -> torch.Tensor:
+    """Format version 7's upsampling: torch's kernel, whose CPU rounding depends on the thread count."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def at_half_resolution(denoise: Denoiser, coarse_sigma: float,
+                       upsample: Callable[[torch.Tensor], torch.Tensor] = upsample_bilinear) -> Denoiser:
     """D(x, sigma), but from `coarse_sigma` up on the 2x2-averaged x (whose noise is sigma / 2), upsampled bilinearly.
 
     A quarter of the work where the clean estimate is smooth anyway; it also brings noise levels above a
@@ -35,8 +55,7 @@ def at_half_resolution(denoise: Denoiser, coarse_sigma: float) -> Denoiser:
     def coarse(x: torch.Tensor, sigma: float) -> torch.Tensor:
         if sigma < coarse_sigma:
             return denoise(x, sigma)
-        small = denoise(F.avg_pool2d(x, 2), sigma / 2)
-        return F.interpolate(small, scale_factor=2, mode="bilinear", align_corners=False)
+        return upsample(denoise(F.avg_pool2d(x, 2), sigma / 2))
 
     return coarse
 

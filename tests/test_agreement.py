@@ -22,3 +22,17 @@ def test_reference_decode_is_bit_identical_and_a_variant_reaches_its_worker(tmp_
     assert other["steps_decoded"] <= other["steps_present"] == image["steps_present"]
     assert json.loads((tmp_path / "agreement.json").read_text())["rows"][1]["decoder"] == variant.name
     assert f"| reference | {variant.name} | DEFAULT |" in agreement.markdown(report)
+
+
+def test_half_resolution_files_decode_bit_identically_on_another_thread_count(tmp_path):
+    """--coarse-sigma reaches the encoder; format 8's upsampling does not depend on the thread count (PSC.md §11)."""
+    import numpy as np
+
+    from pillow_psc.container import read_file
+    threads = agreement.Env("threads=2", threads=2)
+    report = agreement.measure(["kodim23"], crop=32, rate=2.0, out=tmp_path, decoders=[threads], encoders=[],
+                               coarse_sigma=0.3)
+    header = read_file((tmp_path / "work" / "enc-reference" / "kodim23.psc").read_bytes()).header
+    assert header.coarse_sigma == np.float32(0.3) and report["coarse_sigma"] == 0.3
+    assert all(row["images"][0]["identical"] for row in report["rows"])
+    assert "coarse_sigma 0.3" in agreement.markdown(report)

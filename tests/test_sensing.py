@@ -8,7 +8,7 @@ import torch
 
 from pillow_psc import entropy, quantize
 from pillow_psc.rows import TileGrid, base_rows, dct_matrix, orthonormalise, principal_directions
-from pillow_psc.samplers import at_half_resolution, karras_sigmas
+from pillow_psc.samplers import at_half_resolution, karras_sigmas, upsample_bilinear, upsample_bilinear_v7
 
 
 def test_quantizer_is_uniform_near_zero_and_saturates():
@@ -92,3 +92,20 @@ def test_half_resolution_denoises_the_averaged_image_at_half_the_noise_and_upsam
     up = torch.tensor([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]], dtype=torch.float64)
     assert torch.allclose(out[0, 0].double(), up @ small.double() @ up.T)
     assert at_half_resolution(denoise, 0.0) is denoise
+
+
+def test_upsampling_gives_the_same_floats_on_any_thread_count():
+    """PSC.md §6.9 (format 8): the encoder's and the decoder's thread counts may differ. torch's bilinear CPU
+    kernel rounds differently with 1 and 2 threads on a whole photo's half-resolution batch (format 7, kept for
+    reading version-7 files); the elementwise form does not, and stays within float rounding of it."""
+    small = torch.randn(4, 3, 256, 272, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = upsample_bilinear(small)
+        torch.set_num_threads(2)
+        two = upsample_bilinear(small)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.shape == (4, 3, 512, 544) and torch.equal(one, two)
+    assert torch.allclose(one, upsample_bilinear_v7(small), atol=1e-6, rtol=0)

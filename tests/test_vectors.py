@@ -315,3 +315,22 @@ def test_every_prefix(expected: dict) -> None:
     for k in range(1, len(psnrs)):
         assert psnrs[k] >= psnrs[k - 1] - PSNR_TOLERANCE_DB, f"step {k + 1}: PSNR {psnrs}"
     assert psnrs[-1] > psnrs[0]
+
+
+@pytest.mark.parametrize("name, version, legacy_calls", [("v7_rgb_32x32_coarse.psc", 7, True),
+                                                         ("rgb_32x32_coarse.psc", 8, False)])
+def test_half_resolution_upsamples_as_the_file_version_says(name: str, version: int, legacy_calls: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """PSC.md §6.9, §15: version 7 upsamples with torch's F.interpolate, version 8 elementwise."""
+    from pillow_psc import codec
+    calls = []
+
+    def recorded(x):
+        calls.append(x.shape)
+        return pillow_psc.samplers.upsample_bilinear_v7(x)
+
+    monkeypatch.setattr(codec, "upsample_bilinear_v7", recorded)
+    data = (VECTORS / name).read_bytes()
+    assert container.read_file(data).header.version == version
+    pillow_psc.decode_array(data, device="cpu")
+    assert bool(calls) == legacy_calls
