@@ -32,6 +32,7 @@ import json
 import math
 import os
 import random
+import shutil
 import struct
 import sys
 import tempfile
@@ -723,7 +724,7 @@ def check_bytes(data: bytes, steps: int | None = None, full: bool = False, pillo
 
 
 # -- the worker process ----------------------------------------------------------------------------------------
-def _worker(conn, memory_limit_mb: int, work_limit: float) -> None:  # pragma: no cover - runs in a subprocess
+def _worker(conn, memory_limit_mb: int, work_limit: float, tmpdir: str) -> None:  # pragma: no cover - subprocess
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     torch.set_num_threads(1)
@@ -732,7 +733,6 @@ def _worker(conn, memory_limit_mb: int, work_limit: float) -> None:  # pragma: n
     for model in ("ffdnet-color", "ffdnet-gray"):
         load_prior(model, "cpu")
     _limit_memory(memory_limit_mb)
-    tmpdir = tempfile.mkdtemp(prefix="psc-fuzz-")
     conn.send("ready")
     while True:
         try:
@@ -767,11 +767,14 @@ def _limit_memory(extra_mb: int) -> None:
 
 
 class _Worker:
+    """One worker process and its scratch folder, which this side owns: a killed worker cannot remove it."""
+
     def __init__(self, memory_limit_mb: int, work_limit: float):
         import multiprocessing
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, memory_limit_mb, work_limit), daemon=True)
+        self.tmpdir = tempfile.mkdtemp(prefix="psc-fuzz-")
+        self.proc = ctx.Process(target=_worker, args=(child, memory_limit_mb, work_limit, self.tmpdir), daemon=True)
         self.proc.start()
         child.close()
         if not self.conn.poll(300) or self.conn.recv() != "ready":
@@ -789,6 +792,7 @@ class _Worker:
         if self.proc.is_alive():
             self.proc.kill()
         self.proc.join(10)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def close(self) -> None:
         try:

@@ -6,6 +6,7 @@ The long campaign (>= 10,000 cases) is a program, not a test: ``psc fuzz --cases
 from __future__ import annotations
 
 import io
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -90,13 +91,19 @@ def test_fuzz_case_in_process(index: int) -> None:
     assert result["failure"] is None, (case.description, result["detail"])
 
 
-def test_fuzz_campaign_in_worker(tmp_path: Path) -> None:
-    """The harness itself: spawned worker, time limit, report; a short sample with no failures."""
-    report = fuzz.fuzz(40, seed=2024, out_dir=tmp_path, time_limit=120)
+def test_fuzz_campaign_in_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The harness itself: spawned worker, time limit, report; a short sample with no failures. The worker's
+    scratch folder is gone afterwards."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # for the spawned worker too
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    report = fuzz.fuzz(40, seed=2024, out_dir=tmp_path / "out", time_limit=120)
     assert report["cases"] == 40
     assert report["failures"] == 0, fuzz.summary(report)
     assert sum(report["outcomes"].values()) == 40
-    assert (tmp_path / "report.json").exists()
+    assert (tmp_path / "out" / "report.json").exists()
+    assert list(scratch.iterdir()) == []
 
 
 def test_fuzzer_splits_every_header_version_into_fields() -> None:
