@@ -119,8 +119,9 @@ def summary(out: Path, curves: dict[str, list[list[float]]]) -> str:
 
 
 def latest_records(folders: list[Path]) -> list[dict]:
-    """Each (photo, rate)'s record from the last of `folders` that holds it, with that folder's name added."""
-    latest = {(r["image"], r["rate"]): {**r, "folder": folder.name}
+    """Each (photo, rate)'s record from the last of `folders` that holds it, tagged with that folder's name unless
+    an earlier merge tagged it already (merging a merged folder keeps where each record was made)."""
+    latest = {(r["image"], r["rate"]): {"folder": folder.name, **r}
               for folder in folders for r in _lines(folder / "psc.jsonl")}
     return [latest[key] for key in sorted(latest, key=lambda key: (key[1], key[0]))]
 

@@ -82,6 +82,13 @@ def test_kodak_whole_merge_takes_each_photo_from_the_last_folder_that_holds_it(t
     assert table[2].startswith("| 0.1 | 2 | 0.1000 | 22.38 | 600 | 22.00 (0 extrapolated) | +0.38, 2/2 |")
     assert table[-1] == "| 0.1 | kodak24 1, kodak24_v6 1 |"
     assert not list(out.glob("*.psc"))  # nothing encoded
+    (tmp_path / "kodak24_v7").mkdir()
+    (tmp_path / "kodak24_v7" / "psc.jsonl").write_text(json.dumps(
+        {"image": "kodim01", "rate": 0.1, "bpp": 0.1, "psnr": 23.0, "evaluations": 500}) + "\n")
+    again = tmp_path / "merged_again"
+    kodak_whole.main(["--merge", str(out), str(tmp_path / "kodak24_v7"), "--out", str(again)])
+    merged = [json.loads(line) for line in (again / "psc.jsonl").read_text().splitlines()]
+    assert [(r["image"], r["folder"]) for r in merged] == [("kodim01", "kodak24_v7"), ("kodim02", "kodak24_v6")]
 
 
 def test_output_sampling_decodes_the_same_state_with_each_variant(capsys):
