@@ -25,7 +25,8 @@ def test_reference_decode_is_bit_identical_and_a_variant_reaches_its_worker(tmp_
 
 
 def test_half_resolution_files_decode_bit_identically_on_another_thread_count(tmp_path):
-    """--coarse-sigma reaches the encoder; format 8's upsampling does not depend on the thread count (PSC.md §11)."""
+    """--coarse-sigma reaches the encoder, and such a file decodes bit-identically on 2 threads (PSC.md §11). A crop
+    this small did not show format 7's thread dependence either: test_sensing checks the upsampling on a photo."""
     import numpy as np
 
     from pillow_psc.container import read_file
