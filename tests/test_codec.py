@@ -166,15 +166,17 @@ def test_the_pace_is_8_steps_up_to_a_tenth_of_a_bit_and_12_from_a_fifth(bits_per
     assert codec.pace_steps(bits_per_pixel) == pytest.approx(pace)
 
 
-@pytest.mark.parametrize("step_bytes, remaining, restart", [
-    ([854, 370], 2_366, True),  # kodim23 at 0.1 bpp and 0.8 (bfloat16): a tail of 283 bytes, 0.12 of the rest
-    ([1362, 714], 5_870, True),  # kodim03 at 0.2 bpp and 0.4: a tail of 786 bytes, 0.13 of the rest
-    ([1774, 1174], 5_302, False),  # kodim19 at 0.2 bpp and 0.4: 2297 bytes, 0.43 of the rest
-    ([854], 2_366, False),  # judged after two steps only
-    ([854, 370, 100], 2_000, False),
+@pytest.mark.parametrize("step_bytes, remaining, pace, restart", [
+    ([370, 358], 3_085, 8, True),  # kodim02 at 0.1 bpp and 0.8 (effort 1): 2 + 3085 / 358 = 10.6 steps
+    ([446, 218], 2_889, 8, True),  # kodim03 at 0.1 bpp and 0.8: 15.3 steps
+    ([822, 462], 2_477, 8, False),  # kodim24 at 0.1 bpp and 0.8: 7.4 steps, though its chunks shrink fast
+    ([1062, 690], 6_492, 12, False),  # kodim19 at 0.2 bpp and 0.4: 11.4 steps, on pace at 0.2 bpp
+    ([746, 518], 6_948, 12, True),  # kodim02 at 0.2 bpp and 0.4: 15.4 steps
+    ([854], 9_000, 8, False),  # judged after two steps only
+    ([854, 370, 100], 9_000, 8, False),
 ])
-def test_start_finer_after_two_steps_whose_tail_is_small(step_bytes, remaining, restart):
-    assert codec._start_finer(step_bytes, remaining) is restart
+def test_start_finer_after_two_steps_off_pace(step_bytes, remaining, pace, restart):
+    assert codec._start_finer(step_bytes, remaining, pace) is restart
 
 
 def _proposal(sigma: np.ndarray) -> codec._Proposal:
@@ -228,7 +230,8 @@ def test_an_encode_at_a_step_far_too_coarse_starts_again_at_half(crop64, monkeyp
         return encoded, spent
 
     monkeypatch.setattr(codec, "_encode_with_delta", spy)
-    monkeypatch.setattr(codec, "RESTART_SHARE", 1e9)  # every try with two steps is abandoned
+    monkeypatch.setattr(codec, "_start_finer", lambda step_bytes, remaining, pace: len(step_bytes) == 2)  # every try
+    # with two steps is abandoned
     result = codec.encode(crop64, rate=0.6, config=FAST)
     deltas = [delta for delta, *_ in tried]
     assert deltas[0] == pytest.approx(codec.auto_delta(0.6), rel=0.01) and deltas[-1] == codec.AUTO_DELTA_MIN
@@ -246,7 +249,7 @@ def test_an_automatic_step_off_pace_is_refined_from_step_to_step(crop64, monkeyp
     encoded twice: the encoder's evaluations are those of the decoder's steps."""
     # only a step that spends the whole budget would keep the pace
     monkeypatch.setattr(codec, "pace_steps", lambda bits_per_pixel: 1)
-    monkeypatch.setattr(codec, "RESTART_SHARE", 0.0)  # and the encode never starts again
+    monkeypatch.setattr(codec, "_start_finer", lambda step_bytes, remaining, pace: False)  # nor starts again
     result = codec.encode(crop64, rate=0.6, config=FAST)
     codes = _delta_codes(result.data)
     assert len(codes) >= 2 and codes == [-codec.REFINE_CODES * k for k in range(len(codes))]

@@ -112,3 +112,38 @@ def test_output_psnr_with_the_header_own_values_is_the_decoder_output():
     assert output_sampling.output_psnr(encoded, pixels, 2, header.output_sampler_steps) == psnr(decoded, pixels)
     output_sampling.output_psnr(encoded, pixels, 1, 7)
     assert encoded.state.header == header and np.array_equal(encoded.reconstruct("mean"), decoded)
+
+
+def test_restart_study_forces_both_choices_and_scores_rules(tmp_path, capsys):
+    """Arm A keeps the automatic step, arm B starts at half of it; neither starts again, and the codec's own test
+    is back in place afterwards."""
+    study = _example("restart_study")
+    from pillow_psc import codec
+
+    real = codec._start_finer, codec.auto_delta
+    study.main(["--images", "kodim23", "--rates", "0.6", "--crop", "64", "--out", str(tmp_path)])
+    assert (codec._start_finer, codec.auto_delta) == real
+    a, b = [json.loads(line) for line in (tmp_path / "arms.jsonl").read_text().splitlines()]
+    assert (a["arm"], b["arm"]) == ("A", "B") and a["effort"] == 1
+    assert a["delta"] == pytest.approx(codec.auto_delta(0.6), rel=1e-3)
+    assert b["delta"] == pytest.approx(a["delta"] / 2, rel=1e-3)
+    assert len(a["first2"]) == 2 and a["remaining2"] > 0 and a["bpp"] <= 0.6 and b["bpp"] <= 0.6
+
+
+def test_restart_study_scores_a_rule_by_the_arm_it_picks(tmp_path):
+    """A photo whose budget would take 10 steps gains by starting again, one that would take 3 loses: the current
+    rule (the pace, 8 steps at 0.1 bpp) picks the better arm on both, and pays arm A's two steps for the restart."""
+    study = _example("restart_study")
+    records = []
+    for name, second, a_psnr, b_psnr in (("kodim02", 100, 28.0, 29.0), ("kodim05", 1000, 21.0, 20.0)):
+        common = {"image": name, "rate": 0.1, "effort": 1, "bpp": 0.1, "encode_s": 1.0, "delta": 0.8}
+        records.append({**common, "arm": "A", "psnr": a_psnr, "evaluations": 256, "chunk_bytes": [900] + [300] * 8,
+                        "first2": [200, second], "remaining2": 800 if second == 100 else 1000})
+        records.append({**common, "arm": "B", "psnr": b_psnr, "evaluations": 160, "chunk_bytes": [900] * 6})
+    (tmp_path / "arms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = study.summarise([tmp_path])
+    assert "## 0.1 bpp, effort 1: 2 photos" in text
+    assert "- oracle (the better arm): 25.000 dB, 240 evaluations, 1 start again" in text  # (160 + 64 + 256) / 2
+    assert "- current rule (more than the pace, 8 steps): 25.000 dB, 240 evaluations, 1 start again" in text
+    assert "- never start again: 24.500 dB, 256 evaluations, 0 start again" in text
+    assert "| kodim05 | 3.0 | -1.00 |" in text and "| kodim02 | 10.0 | +1.00 |" in text

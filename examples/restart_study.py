@@ -1,0 +1,146 @@
+"""When should an automatic quantizer step start again at half of it? Both choices, forced, on whole Kodak photos.
+
+    python examples/restart_study.py --effort 1 --rates 0.1 --out examples/results/restart_study
+    python examples/restart_study.py --summarise examples/results/restart_study
+
+The encoder judges after two adaptive steps whether the automatic step is so coarse that it should start again at
+δ/2 (`codec._start_finer`). This script encodes every photo twice with that test switched off: arm A keeps the
+automatic step (and refines it from step to step as usual), arm B starts at half of it. Each record also holds
+arm A's first two chunk sizes and the rest of the budget after them, the numbers the test reads, so any rule can
+be scored offline: a restart costs arm A's two steps of evaluations and gives arm B's result exactly (a fresh
+encode from the same seed). Records are appended to `arms.jsonl` as they finish; a stopped run resumes.
+
+`--summarise` prints, per rate: the oracle (the better arm on every photo), the former rule (a geometric tail of
+the chunk sizes under a quarter of the rest), the current rule (more steps than the pace at the second chunk's
+size) and fixed step counts in its place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pillow_psc
+from pillow_psc import codec, container
+from pillow_psc.bench import load_image, psnr
+
+KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
+
+
+def encode_arm(pixels: np.ndarray, rate: float, effort: int, arm: str) -> dict:
+    """Encode with the restart test off, starting at the automatic step (A) or half of it (B)."""
+    first_two: dict = {}
+
+    def never_restart(step_bytes: list[int], remaining: int, pace: float) -> bool:
+        if len(step_bytes) == 2:
+            first_two.update(first2=list(step_bytes), remaining2=remaining)
+        return False
+
+    automatic = codec.auto_delta
+    saved = codec._start_finer, codec.auto_delta
+    codec._start_finer = never_restart
+    codec.auto_delta = automatic if arm == "A" else (lambda bits_per_pixel: automatic(bits_per_pixel) / 2)
+    try:
+        start = time.perf_counter()
+        encoded = pillow_psc.encode(pixels, rate=rate, config=pillow_psc.CodecConfig(effort=effort))
+        seconds = time.perf_counter() - start
+    finally:
+        codec._start_finer, codec.auto_delta = saved
+    chunks = container.read_file(encoded.data).data
+    return {"psnr": psnr(pixels, encoded.reconstruct("mean")), "bpp": 8 * len(encoded.data) / pixels[..., 0].size,
+            "evaluations": encoded.evaluations, "encode_s": round(seconds, 1),
+            "delta": container.read_file(encoded.data).header.delta,
+            "chunk_bytes": [len(c.words) for c in chunks], **first_two}
+
+
+def run(names: list[str], rates: list[float], effort: int, out: Path, crop: int | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "arms.jsonl"
+    done = {(r["image"], r["rate"], r["effort"], r["arm"]) for r in _records([out])}
+    for rate in rates:
+        for name in names:
+            for arm in "AB":
+                if (name, rate, effort, arm) in done:
+                    continue
+                record = {"image": name, "rate": rate, "effort": effort, "arm": arm,
+                          **encode_arm(load_image(KODAK / f"{name}.png", crop), rate, effort, arm)}
+                with open(path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(json.dumps(record), flush=True)
+
+
+def _records(folders: list[Path]) -> list[dict]:
+    return [json.loads(line) for folder in folders if (folder / "arms.jsonl").exists()
+            for line in (folder / "arms.jsonl").read_text().splitlines()]
+
+
+def _former_rule(first2: list[int], remaining: int) -> bool:
+    """The test before this study: the chunks' geometric tail could spend under a quarter of the rest."""
+    ratio = first2[1] / first2[0]
+    return ratio < 1 and first2[1] * ratio / (1 - ratio) < 0.25 * remaining
+
+
+def summarise(folders: list[Path]) -> str:
+    """A table per (rate, effort): PSNR over the photos with both arms, mean evaluations, per rule."""
+    arms: dict[tuple, dict[str, dict]] = {}
+    for r in _records(folders):
+        arms.setdefault((r["rate"], r["effort"]), {}).setdefault(r["image"], {})[r["arm"]] = r
+    lines = []
+    for (rate, effort), photos in sorted(arms.items()):
+        pairs = [(p["A"], p["B"]) for p in photos.values() if {"A", "B"} <= p.keys()]
+        if not pairs:
+            continue
+        abandoned = 2 * (pairs[0][0]["evaluations"] // max(1, len(pairs[0][0]["chunk_bytes"]) - 1))
+
+        def score(restarts: list[bool]) -> str:
+            chosen = [b if go else a for (a, b), go in zip(pairs, restarts)]
+            psnr_mean = np.mean([c["psnr"] for c in chosen])
+            evals = np.mean([b["evaluations"] + abandoned if go else a["evaluations"]
+                             for (a, b), go in zip(pairs, restarts)])
+            return f"{psnr_mean:.3f} dB, {evals:.0f} evaluations, {sum(restarts)} start again"
+
+        # an encode that ended within two steps was never tested: 0 steps
+        steps = [2 + a["remaining2"] / a["first2"][1] if "first2" in a else 0.0 for a, _ in pairs]
+        lines += [f"## {rate} bpp, effort {effort}: {len(pairs)} photos", "",
+                  f"- never start again: {score([False] * len(pairs))}",
+                  f"- always start again: {score([True] * len(pairs))}",
+                  f"- oracle (the better arm): {score([b['psnr'] > a['psnr'] for a, b in pairs])}",
+                  f"- former rule (tail < 0.25 of the rest): "
+                  f"{score([s > 0 and _former_rule(a['first2'], a['remaining2']) for s, (a, _) in zip(steps, pairs)])}",
+                  f"- current rule (more than the pace, {codec.pace_steps(rate):g} steps): "
+                  f"{score([s > codec.pace_steps(rate) for s in steps])}"]
+        lines += [f"- more than {limit} steps: {score([s > limit for s in steps])}" for limit in (6, 7, 8, 9, 10, 12)]
+        lines += ["", "| photo | steps at the 2nd chunk's size (arm A) | B − A (dB) |", "|---|---|---|"]
+        lines += [f"| {name} | {s:.1f} | {p['B']['psnr'] - p['A']['psnr']:+.2f} |"
+                  for s, (name, p) in sorted(zip(steps, [(n, p) for n, p in photos.items() if {"A", "B"} <= p.keys()]))]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", nargs="+", default=[f"kodim{i:02d}" for i in range(1, 25)])
+    parser.add_argument("--rates", nargs="+", type=float, default=[0.1])
+    parser.add_argument("--effort", type=int, default=1)
+    parser.add_argument("--crop", type=int, help="centre crop N x N (default: whole photos; for quick checks)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, help="folder for arms.jsonl")
+    parser.add_argument("--summarise", nargs="+", type=Path, metavar="DIR", help="print the tables of these folders")
+    args = parser.parse_args(argv)
+    if args.summarise:
+        print(summarise(args.summarise))
+        return
+    if args.out is None:
+        parser.error("--out is required unless --summarise is given")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run(args.images, args.rates, args.effort, args.out, args.crop)
+
+
+if __name__ == "__main__":
+    main()
