@@ -51,11 +51,10 @@ def encode_arm(pixels: np.ndarray, rate: float, effort: int, arm: str) -> dict:
         seconds = time.perf_counter() - start
     finally:
         codec._start_finer, codec.auto_delta = saved
-    chunks = container.read_file(encoded.data).data
+    parsed = container.read_file(encoded.data)
     return {"psnr": psnr(pixels, encoded.reconstruct("mean")), "bpp": 8 * len(encoded.data) / pixels[..., 0].size,
             "evaluations": encoded.evaluations, "encode_s": round(seconds, 1),
-            "delta": container.read_file(encoded.data).header.delta,
-            "chunk_bytes": [len(c.words) for c in chunks], **first_two}
+            "delta": parsed.header.delta, "chunk_bytes": [len(c.words) for c in parsed.data], **first_two}
 
 
 def run(names: list[str], rates: list[float], effort: int, out: Path, crop: int | None = None) -> None:
@@ -92,7 +91,8 @@ def summarise(folders: list[Path]) -> str:
         arms.setdefault((r["rate"], r["effort"]), {}).setdefault(r["image"], {})[r["arm"]] = r
     lines = []
     for (rate, effort), photos in sorted(arms.items()):
-        pairs = [(p["A"], p["B"]) for p in photos.values() if {"A", "B"} <= p.keys()]
+        complete = {name: p for name, p in photos.items() if {"A", "B"} <= p.keys()}
+        pairs = [(p["A"], p["B"]) for p in complete.values()]
         if not pairs:
             continue
         abandoned = 2 * (pairs[0][0]["evaluations"] // max(1, len(pairs[0][0]["chunk_bytes"]) - 1))
@@ -117,7 +117,7 @@ def summarise(folders: list[Path]) -> str:
         lines += [f"- more than {limit} steps: {score([s > limit for s in steps])}" for limit in (6, 7, 8, 9, 10, 12)]
         lines += ["", "| photo | steps at the 2nd chunk's size (arm A) | B − A (dB) |", "|---|---|---|"]
         lines += [f"| {name} | {s:.1f} | {p['B']['psnr'] - p['A']['psnr']:+.2f} |"
-                  for s, (name, p) in sorted(zip(steps, [(n, p) for n, p in photos.items() if {"A", "B"} <= p.keys()]))]
+                  for s, (name, p) in sorted(zip(steps, complete.items()))]
         lines.append("")
     return "\n".join(lines)
 
