@@ -80,8 +80,7 @@ def _records(folders: list[Path]) -> list[dict]:
 
 def _former_rule(first2: list[int], remaining: int) -> bool:
     """The test before this study: the chunks' geometric tail could spend under a quarter of the rest."""
-    ratio = first2[1] / first2[0]
-    return ratio < 1 and first2[1] * ratio / (1 - ratio) < 0.25 * remaining
+    return codec._tail(first2) < 0.25 * remaining
 
 
 def summarise(folders: list[Path]) -> str:
