@@ -58,13 +58,13 @@ class Effort(NamedTuple):
 #: and a quarter resolution for the first level -0.49 / -0.07 dB. Effort 2 was 5 x 4 (only 0.03 dB above effort 1
 #: on 8 whole photos); 4 x 6 with the half-resolution level and 8 output samples measured, on all 24 Kodak photos at
 #: 0.1 bpp (float32), the default's quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24
-#: better). More: README "Effort".
+#: better). More: examples/results/RESULTS.md "Effort".
 EFFORTS = {1: Effort(4, 2 / 3, 4, True), 2: Effort(4, 1.0, 8, True), 3: Effort(8, 1.0, 8, False)}
 DEFAULT_EFFORT = 3
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
 #: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (effort
 #: 3's output_samples) gained 0.05-0.18 dB on five whole Kodak photos (mean +0.12), 4 x 24 -0.09..+0.17
-#: (sharper samples need more of them in the mean on smooth photos); README "Output sampling".
+#: (sharper samples need more of them in the mean on smooth photos); examples/results/RESULTS.md "Output sampling".
 OUTPUT_STEPS_FACTOR = 2
 
 
@@ -466,11 +466,12 @@ def _start_finer(step_bytes: list[int], remaining: int, pace: float) -> bool:
     steps (`pace_steps`). Later steps that fall off pace are refined instead (`_off_pace`).
 
     On smooth content a coarse step leaves most innovations below it, so each chunk is small. Measured with both
-    choices forced on whole Kodak photos (effort 1, float32; `examples/restart_study.py`, README "Starting
-    again"): at 0.1 bpp (pace 8), of the 17 photos off pace 13 gained 0.07-1.01 dB by starting again and 4 lost
-    0.09-0.26; the 7 on pace would all have lost (0.14-0.88). That is 0.05 dB above the former test (a geometric
-    tail of the chunk sizes under a quarter of the rest) and 0.03 dB below choosing the better arm on every
-    photo. At 0.2 bpp (pace 12) kodim19, at 11.4 steps, loses 1.04 dB by starting again.
+    choices forced on all 24 whole Kodak photos (effort 1, float32; `examples/restart_study.py`,
+    examples/results/RESULTS.md "Starting again"): at 0.1 bpp (pace 8) the 7 photos on pace would all have lost
+    (0.14-0.88 dB) and 13 of the 17 off pace gained (0.07-1.01 dB); at 0.2 bpp (pace 12) the 12 photos under 11
+    steps would all have lost (0.03-1.24 dB), while near the pace neither choice is safe (kodim19 at 11.4 steps
+    loses 1.04 dB, kodim09 at 11.3 gains 0.42). That is 0.05 dB above the former test (a geometric tail of the
+    chunk sizes under a quarter of the rest) at both rates, and 0.03-0.04 dB below the better choice per photo.
     Two steps are the price of the test.
     """
     return len(step_bytes) == 2 and _steps_at_last_size(step_bytes, remaining) > pace
@@ -550,8 +551,8 @@ def _rd_quantize(prop: _Proposal, resid: np.ndarray, delta: float,
     adds make a narrower table (a scale code below the calibrated one) cheaper, so a few codes are tried. On four
     320 px Kodak crops at 0.1 and 0.2 bpp (bfloat16) lambda 0.06 with 4 codes gained 0.03-0.38 dB, mean +0.12,
     over rounding to nearest; 0.12 gained +0.11 (one crop -0.35), 0.2 +0.05 (more steps, losses at 0.1 bpp).
-    Whole photos: +0.21 dB on 10 at 0.1 bpp, +0.16 dB on 12 at 0.2 bpp (README "Rate-distortion optimised
-    quantization").
+    Whole photos: +0.21 dB on 10 at 0.1 bpp, +0.16 dB on 12 at 0.2 bpp (examples/results/RESULTS.md
+    "Rate–distortion optimised quantization").
     """
     ok = prop.usable
     nearest = quantize(resid, delta)
