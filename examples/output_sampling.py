@@ -5,8 +5,8 @@
 The output is sampled after the last step and changes neither the rows nor the measurements, so each photo is
 encoded once and its final state decoded with every variant: the header's output fields are replaced, as a file
 written with them would say. One JSON line per photo and rate: PSNR of each variant ("8x12": 8 samples of 12
-sampler steps) and its gain over the first. `--crop N` takes an N x N centre crop. The README's "Output sampling"
-table came from this measurement (whole photos, and 320 px crops).
+sampler steps) and its gain over the first. `--crop N` takes an N x N centre crop. The "Output sampling"
+table of examples/results/RESULTS.md came from this measurement (whole photos, and 320 px crops).
 """
 
 from __future__ import annotations
