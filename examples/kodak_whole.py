@@ -9,16 +9,17 @@ often cannot go (its smallest Kodak file is 0.07-0.21 bpp). This script is the c
   reconstruction, which is what the decoder returns (tests/test_codec.py checks that they are bit-identical).
   Each result is appended to `psc.jsonl` as soon as it exists, and photos already there are skipped, so a run
   of an hour or more can be stopped and resumed.
-* Baselines: a sweep of 41 quality settings per photo and codec (`psc bench`'s codec settings), saved in
-  `baselines.json`; a codec's PSNR at PSC's bpp is read off its curve by linear interpolation in log(bpp). Below
-  the codec's smallest file it is extrapolated from its lowest points and counted as such.
+* Baselines: a sweep of 41 quality settings per photo and codec (`psc bench`'s codec settings), cached in
+  `--baselines` (whole photos: examples/results/baselines.json, which every run and merge shares; with `--crop`:
+  the run's own folder); a codec's PSNR at PSC's bpp is read off its curve by linear interpolation in log(bpp).
+  Below the codec's smallest file it is extrapolated from its lowest points and counted as such.
 
 `summary.md` gets one row per rate: means over the photos done, PSC minus each baseline, and on how many photos
 PSC is ahead. With `--compare DIR ...` (earlier runs' folders, e.g. another build or rate control; a photo's
 record comes from the last folder that holds it) it also gets PSC minus those records on the photos both hold,
 per rate: a change measured on only the photos it affects. With `--merge DIR ...` it encodes nothing: `--out`
-gets each photo's record from the last of those folders that holds it (tagged with the folder), the baselines of
-the first, and their summary: the standing when later builds re-encoded only some photos.
+gets each photo's record from the last of those folders that holds it (tagged with the folder) and their
+summary: the standing when later builds re-encoded only some photos.
 
     python examples/kodak_whole.py --images kodim09 kodim19 --rates 0.2 --out new --compare examples/results/kodak24
     python examples/kodak_whole.py --merge examples/results/kodak24 examples/results/kodak24_v6 --out merged
@@ -39,6 +40,7 @@ import pillow_psc
 from pillow_psc.bench import baseline_codecs, load_image, psnr
 
 KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
+WHOLE_PHOTO_BASELINES = Path(__file__).resolve().parent / "results" / "baselines.json"
 BASELINES = ("webp", "avif", "j2k")
 SWEEP_POINTS = 41
 
@@ -66,9 +68,8 @@ def encode_photos(names: list[str], rates: list[float], config: pillow_psc.Codec
             print(json.dumps(record), flush=True)
 
 
-def sweep_baselines(names: list[str], out: Path, crop: int | None = None) -> dict[str, list[list[float]]]:
-    """{"kodimNN/codec": [[bpp, psnr], ...] by increasing bpp}, computed once and cached in baselines.json."""
-    path = out / "baselines.json"
+def sweep_baselines(names: list[str], path: Path, crop: int | None = None) -> dict[str, list[list[float]]]:
+    """{"kodimNN/codec": [[bpp, psnr], ...] by increasing bpp}, computed once per photo and cached in `path`."""
     curves = json.loads(path.read_text()) if path.exists() else {}
     available, _ = baseline_codecs()
     for name in names:
@@ -127,10 +128,9 @@ def latest_records(folders: list[Path]) -> list[dict]:
 
 
 def merge(folders: list[Path], out: Path) -> None:
-    """Write the latest records of `folders` and the first folder's baselines into `out`."""
+    """Write the latest records of `folders` into `out`."""
     records = latest_records(folders)
     (out / "psc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (out / "baselines.json").write_text((folders[0] / "baselines.json").read_text())
 
 
 def sources(out: Path) -> str:
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--crop", type=int, help="centre crop N x N (default: whole photos; for quick checks)")
     parser.add_argument("--out", type=Path, default=Path("kodak24"))
+    parser.add_argument("--baselines", type=Path, help="baseline curves cache (default: "
+                        "examples/results/baselines.json for whole photos, OUT/baselines.json with --crop)")
     parser.add_argument("--compare", type=Path, nargs="+",
                         help="earlier runs' folders: add this run minus them (later folders override earlier)")
     parser.add_argument("--merge", type=Path, nargs="+",
@@ -185,13 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    baselines = args.baselines or (args.out / "baselines.json" if args.crop else WHOLE_PHOTO_BASELINES)
     if args.merge:
         merge(args.merge, args.out)
-        table = summary(args.out, json.loads((args.out / "baselines.json").read_text())) + "\n\n" + sources(args.out)
+        table = summary(args.out, json.loads(baselines.read_text())) + "\n\n" + sources(args.out)
     else:
         config = pillow_psc.CodecConfig(precision=args.precision, effort=args.effort)
         encode_photos(args.images, args.rates, config, args.out, args.crop)
-        table = summary(args.out, sweep_baselines(args.images, args.out, args.crop))
+        table = summary(args.out, sweep_baselines(args.images, baselines, args.crop))
     if args.compare:
         table += "\n\n" + compare(args.out, args.compare)
     (args.out / "summary.md").write_text(table + "\n")

@@ -71,10 +71,11 @@ def test_kodak_whole_merge_takes_each_photo_from_the_last_folder_that_holds_it(t
         (tmp_path / name).mkdir()
         (tmp_path / name / "psc.jsonl").write_text("".join(json.dumps(
             {"image": i, "rate": r, "bpp": 0.1, "psnr": p, "evaluations": 600}) + "\n" for i, r, p in records))
-    (tmp_path / "kodak24" / "baselines.json").write_text(json.dumps(
-        {f"{i}/{c}": curve for i in ("kodim01", "kodim02") for c in kodak_whole.BASELINES}))
+    baselines = tmp_path / "baselines.json"
+    baselines.write_text(json.dumps({f"{i}/{c}": curve for i in ("kodim01", "kodim02") for c in kodak_whole.BASELINES}))
     out = tmp_path / "merged"
-    kodak_whole.main(["--merge", str(tmp_path / "kodak24"), str(tmp_path / "kodak24_v6"), "--out", str(out)])
+    kodak_whole.main(["--merge", str(tmp_path / "kodak24"), str(tmp_path / "kodak24_v6"), "--out", str(out),
+                      "--baselines", str(baselines)])
     merged = [json.loads(line) for line in (out / "psc.jsonl").read_text().splitlines()]
     assert [(r["image"], r["psnr"], r["folder"]) for r in merged] == [("kodim01", 22.5, "kodak24"),
                                                                       ("kodim02", 22.25, "kodak24_v6")]
@@ -86,9 +87,17 @@ def test_kodak_whole_merge_takes_each_photo_from_the_last_folder_that_holds_it(t
     (tmp_path / "kodak24_v7" / "psc.jsonl").write_text(json.dumps(
         {"image": "kodim01", "rate": 0.1, "bpp": 0.1, "psnr": 23.0, "evaluations": 500}) + "\n")
     again = tmp_path / "merged_again"
-    kodak_whole.main(["--merge", str(out), str(tmp_path / "kodak24_v7"), "--out", str(again)])
+    kodak_whole.main(["--merge", str(out), str(tmp_path / "kodak24_v7"), "--out", str(again),
+                      "--baselines", str(baselines)])
     merged = [json.loads(line) for line in (again / "psc.jsonl").read_text().splitlines()]
     assert [(r["image"], r["folder"]) for r in merged] == [("kodim01", "kodak24_v7"), ("kodim02", "kodak24_v6")]
+
+
+def test_the_shared_whole_photo_baselines_cover_every_kodak_photo_and_codec():
+    kodak_whole = _example("kodak_whole")
+    curves = json.loads(kodak_whole.WHOLE_PHOTO_BASELINES.read_text())
+    assert set(curves) == {f"kodim{i:02d}/{c}" for i in range(1, 25) for c in kodak_whole.BASELINES}
+    assert all(len(curve) >= 10 and curve == sorted(curve) for curve in curves.values())
 
 
 def test_output_sampling_decodes_the_same_state_with_each_variant(capsys):
