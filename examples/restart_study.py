@@ -2,6 +2,8 @@
 
     python examples/restart_study.py --effort 1 --rates 0.1 --out examples/results/restart_study
     python examples/restart_study.py --summarise examples/results/restart_study
+    python examples/restart_study.py --decisions --effort 3 --rates 0.1 --out DIR
+    python examples/restart_study.py --against examples/results/kodak24_latest --out DIR
 
 The encoder judges after two adaptive steps whether the automatic step is so coarse that it should start again at
 δ/2 (`codec._start_finer`). This script encodes every photo twice with that test switched off: arm A keeps the
@@ -13,6 +15,11 @@ encode from the same seed). Records are appended to `arms.jsonl` as they finish;
 `--summarise` prints, per rate: the oracle (the better arm on every photo), the former rule (a geometric tail of
 the chunk sizes under a quarter of the rest), the current rule (more steps than the pace at the second chunk's
 size) and fixed step counts in its place.
+
+`--decisions` is the cheap half, for when a rule changes after records were made: each encode stops after its second
+adaptive step and `decisions.jsonl` gets those numbers and what the current and former rules decide. `--against
+RECORDS` then lists the photos whose record (`examples/kodak_whole.py`'s psc.jsonl: an encode started again when its
+header's step is below the automatic one) decided otherwise than the current rule: the ones to encode again.
 """
 
 from __future__ import annotations
@@ -73,9 +80,66 @@ def run(names: list[str], rates: list[float], effort: int, out: Path, crop: int 
                 print(json.dumps(record), flush=True)
 
 
+class _SecondStep(Exception):
+    """Stops an encode once it has the numbers the restart test reads."""
+
+
+def first_two_steps(pixels: np.ndarray, rate: float, effort: int) -> dict:
+    """The first two chunk sizes and the rest of the budget after them, from an encode stopped there; {} where the
+    encode ends within two steps (the test is never reached)."""
+
+    def stop(step_bytes: list[int], remaining: int, pace: float) -> bool:
+        if len(step_bytes) == 2:
+            raise _SecondStep(list(step_bytes), remaining)
+        return False
+
+    saved = codec._start_finer
+    codec._start_finer = stop
+    try:
+        pillow_psc.encode(pixels, rate=rate, config=pillow_psc.CodecConfig(effort=effort))
+        return {}
+    except _SecondStep as exc:
+        return {"first2": exc.args[0], "remaining2": exc.args[1]}
+    finally:
+        codec._start_finer = saved
+
+
+def decide(names: list[str], rates: list[float], effort: int, out: Path, crop: int | None = None) -> None:
+    """Append each photo's first two steps and both rules' decisions to decisions.jsonl (a stopped run resumes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "decisions.jsonl"
+    done = {(r["image"], r["rate"], r["effort"]) for r in _lines(path)}
+    for rate in rates:
+        for name in names:
+            if (name, rate, effort) in done:
+                continue
+            numbers = first_two_steps(load_image(KODAK / f"{name}.png", crop), rate, effort)
+            record = {"image": name, "rate": rate, "effort": effort, **numbers}
+            if numbers:
+                first2, remaining = numbers["first2"], numbers["remaining2"]
+                record.update(steps=round(codec._steps_at_last_size(first2, remaining), 2),
+                              current=codec._start_finer(first2, remaining, codec.pace_steps(rate)),
+                              former=_former_rule(first2, remaining))
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(json.dumps(record), flush=True)
+
+
+def stale(decisions: Path, records: Path) -> list[str]:
+    """'RATE PHOTO' for every photo whose record in `records` decided otherwise than the current rule."""
+    started_again = {(r["image"], r["rate"]): r["delta"] < codec.auto_delta(r["rate"]) * (1 - 1e-6)
+                     for r in _lines(records / "psc.jsonl")}
+    return [f"{d['rate']} {d['image']}" for d in _lines(decisions / "decisions.jsonl")
+            if (d["image"], d["rate"]) in started_again
+            and d.get("current", False) != started_again[d["image"], d["rate"]]]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def _records(folders: list[Path]) -> list[dict]:
-    return [json.loads(line) for folder in folders if (folder / "arms.jsonl").exists()
-            for line in (folder / "arms.jsonl").read_text().splitlines()]
+    return [r for folder in folders for r in _lines(folder / "arms.jsonl")]
 
 
 def _former_rule(first2: list[int], remaining: int) -> bool:
@@ -130,15 +194,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="folder for arms.jsonl")
     parser.add_argument("--summarise", nargs="+", type=Path, metavar="DIR", help="print the tables of these folders")
+    parser.add_argument("--decisions", action="store_true",
+                        help="stop each encode after two steps; record what each rule decides (decisions.jsonl)")
+    parser.add_argument("--against", type=Path, metavar="RECORDS",
+                        help="print the photos whose record in RECORDS/psc.jsonl the current rule would change")
     args = parser.parse_args(argv)
     if args.summarise:
         print(summarise(args.summarise))
         return
     if args.out is None:
         parser.error("--out is required unless --summarise is given")
+    if args.against:
+        print("\n".join(stale(args.out, args.against)))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
-    run(args.images, args.rates, args.effort, args.out, args.crop)
+    (decide if args.decisions else run)(args.images, args.rates, args.effort, args.out, args.crop)
 
 
 if __name__ == "__main__":

@@ -156,3 +156,24 @@ def test_restart_study_scores_a_rule_by_the_arm_it_picks(tmp_path):
     assert "- current rule (more than the pace, 8 steps): 25.000 dB, 240 evaluations, 1 start again" in text
     assert "- never start again: 24.500 dB, 256 evaluations, 0 start again" in text
     assert "| kodim05 | 3.0 | -1.00 |" in text and "| kodim02 | 10.0 | +1.00 |" in text
+
+
+def test_restart_study_decisions_stop_after_two_steps_and_name_the_records_to_redo(tmp_path):
+    """`--decisions` reads what the restart test reads and puts the codec's own test back; `--against` lists the
+    records whose choice (a step below the automatic one: started again) differs from the current rule's."""
+    study = _example("restart_study")
+    from pillow_psc import codec
+
+    real = codec._start_finer
+    study.main(["--decisions", "--images", "kodim23", "--rates", "0.6", "--crop", "64", "--out", str(tmp_path)])
+    assert codec._start_finer is real
+    record, = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    first2, remaining = record["first2"], record["remaining2"]
+    assert record["steps"] == pytest.approx(2 + remaining / first2[1], abs=0.01)
+    assert record["current"] == codec._start_finer(first2, remaining, codec.pace_steps(0.6))
+    records = tmp_path / "records"
+    records.mkdir()
+    for delta in (codec.auto_delta(0.6), codec.auto_delta(0.6) / 2):
+        (records / "psc.jsonl").write_text(json.dumps({"image": "kodim23", "rate": 0.6, "delta": delta}) + "\n")
+        started_again = delta < codec.auto_delta(0.6)
+        assert study.stale(tmp_path, records) == ([] if started_again == record["current"] else ["0.6 kodim23"])
