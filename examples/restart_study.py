@@ -118,7 +118,7 @@ def decide(names: list[str], rates: list[float], effort: int, out: Path, crop: i
             if numbers:
                 first2, remaining = numbers["first2"], numbers["remaining2"]
                 record.update(steps=round(codec._steps_at_last_size(first2, remaining), 2),
-                              current=codec._start_finer(first2, remaining, codec.pace_steps(rate)),
+                              current=codec._start_finer(first2, remaining, _pace(rate, effort)),
                               former=_former_rule(first2, remaining))
             with open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -140,6 +140,11 @@ def _lines(path: Path) -> list[dict]:
 
 def _records(folders: list[Path]) -> list[dict]:
     return [r for folder in folders for r in _lines(folder / "arms.jsonl")]
+
+
+def _pace(rate: float, effort: int) -> float:
+    """The current rule's pace at an effort's default settings (`codec.restart_pace`)."""
+    return codec.restart_pace(rate, codec.EFFORTS[effort].samples, codec.CodecConfig().rows_per_step)
 
 
 def _former_rule(first2: list[int], remaining: int) -> bool:
@@ -175,8 +180,8 @@ def summarise(folders: list[Path]) -> str:
                   f"- oracle (the better arm): {score([b['psnr'] > a['psnr'] for a, b in pairs])}",
                   f"- former rule (tail < 0.25 of the rest): "
                   f"{score([s > 0 and _former_rule(a['first2'], a['remaining2']) for s, (a, _) in zip(steps, pairs)])}",
-                  f"- current rule (more than the pace, {codec.pace_steps(rate):g} steps): "
-                  f"{score([s > codec.pace_steps(rate) for s in steps])}"]
+                  f"- current rule (more than the pace, {_pace(rate, effort):g} steps): "
+                  f"{score([s > _pace(rate, effort) for s in steps])}"]
         lines += [f"- more than {limit} steps: {score([s > limit for s in steps])}" for limit in (6, 7, 8, 9, 10, 12)]
         lines += ["", "| photo | steps at the 2nd chunk's size (arm A) | B − A (dB) |", "|---|---|---|"]
         lines += [f"| {name} | {s:.1f} | {p['B']['psnr'] - p['A']['psnr']:+.2f} |"

@@ -16,7 +16,7 @@ import sys
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -425,6 +425,26 @@ def pace_steps(bits_per_pixel: float) -> float:
     return float(np.clip(40 * bits_per_pixel + 4, 8, 12))
 
 
+#: New rows per tile per step where the test for starting again was measured (efforts 1 and 2: 4 samples give 3
+#: principal directions per tile)
+RESTART_PACE_ROWS = 3
+
+
+def restart_pace(bits_per_pixel: float, samples: int, rows_per_step: Sequence[float]) -> float:
+    """The steps `_start_finer` allows: `pace_steps` counted in rows per tile, so that the test reads the content,
+    not the effort. The second step's rows per tile are its rows_per_step, at most the samples - 1 directions.
+
+    At effort 3 a step takes 4 rows per tile (8 samples), so a photo meets a pace counted in steps 1.4-1.6x sooner;
+    counted in steps, the test kept the step on photos that gain by starting again. Counted in rows (6 steps up to
+    0.1 bpp, 9 at 0.2 bpp at effort 3), measured with both choices on the 11 Kodak photos it changes (float32,
+    examples/results/RESULTS.md "Starting again, at effort 3"): at 0.1 bpp +0.21 dB mean over 6 photos (kodim09, 10,
+    17, 20: +0.44..+0.81; kodim06, 19 at 6.3 and 6.2 steps: -0.32, -0.96) for 480-576 encoder evaluations instead of
+    768 (fewer, larger steps); at 0.2 bpp +0.64 over 4 (-0.02..+1.20).
+    """
+    rows_per_tile = min(rows_per_step[min(2, len(rows_per_step)) - 1], samples - 1)
+    return pace_steps(bits_per_pixel) * RESTART_PACE_ROWS / rows_per_tile
+
+
 def step_delta(delta: float, delta_code: int) -> float:
     """Quantizer step of an adaptive step: the header's delta times 2^(delta_code/4) (PSC.md §6.11)."""
     return delta * 2.0 ** (delta_code / 4)
@@ -463,7 +483,7 @@ def _steps_at_last_size(step_bytes: list[int], remaining: int) -> float:
 def _start_finer(step_bytes: list[int], remaining: int, pace: float) -> bool:
     """Whether an automatic quantizer step is so coarse for the content that the encode should start again at half
     of it: judged after two adaptive steps, when at the second chunk's size the budget would take more than `pace`
-    steps (`pace_steps`). Later steps that fall off pace are refined instead (`_off_pace`).
+    steps (`restart_pace`). Later steps that fall off pace are refined instead (`_off_pace`).
 
     On smooth content a coarse step leaves most innovations below it, so each chunk is small. Measured with both
     choices forced on all 24 whole Kodak photos (effort 1, float32; `examples/restart_study.py`,
@@ -472,9 +492,7 @@ def _start_finer(step_bytes: list[int], remaining: int, pace: float) -> bool:
     steps would all have lost (0.03-1.24 dB), while near the pace neither choice is safe (kodim19 at 11.4 steps
     loses 1.04 dB, kodim09 at 11.3 gains 0.42). That is 0.05 dB above the former test (a geometric tail of the
     chunk sizes under a quarter of the rest) at both rates, and 0.03-0.04 dB below the better choice per photo.
-    Two steps are the price of the test. At effort 3 a step takes 4 rows per tile, not 3, so a photo reaches the
-    pace in fewer steps and the test keeps the step too often: starting again measured +0.65 to +0.81 dB on kodim09,
-    10 and 20 at 0.1 bpp (6.3-7.8 steps); not yet fixed (RESULTS.md "Starting again, at effort 3").
+    Two steps are the price of the test.
     """
     return len(step_bytes) == 2 and _steps_at_last_size(step_bytes, remaining) > pace
 
@@ -735,7 +753,9 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     signal_tiles = state.grid.to_tiles(signal)[:, 0]
     psc.data.append(_encode_base(state, signal_tiles, remaining, cfg.base_share))
     remaining -= len(pack_chunk(b"DATA", psc.data[0].to_bytes()))
-    delta_code, step_bytes, pace = 0, [], pace_steps(8 * budget / (h * w))
+    bits_per_pixel = 8 * budget / (h * w)
+    delta_code, step_bytes, pace = 0, [], pace_steps(bits_per_pixel)
+    start_again_pace = restart_pace(bits_per_pixel, header.samples, header.rows_per_step)
     with _progress(progress, "encode", None) as bar:
         for step in range(1, cfg.max_steps + 1):
             coded = _encode_step(state, step, signal_tiles, remaining, delta_code, refine)
@@ -746,7 +766,7 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
             step_bytes.append(len(pack_chunk(b"DATA", chunk.to_bytes())))
             remaining -= step_bytes[-1]
             bar.update(1)
-            if may_restart and _start_finer(step_bytes, remaining, pace):
+            if may_restart and _start_finer(step_bytes, remaining, start_again_pace):
                 return None, state.evaluations
             if refine and _off_pace(step_bytes, remaining, pace):
                 delta_code = max(delta_code - REFINE_CODES, FINEST_DELTA_CODE)

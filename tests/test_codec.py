@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -177,6 +178,28 @@ def test_the_pace_is_8_steps_up_to_a_tenth_of_a_bit_and_12_from_a_fifth(bits_per
 ])
 def test_start_finer_after_two_steps_off_pace(step_bytes, remaining, pace, restart):
     assert codec._start_finer(step_bytes, remaining, pace) is restart
+
+
+@pytest.mark.parametrize("effort, paces", [(1, (8, 8, 12)), (2, (8, 8, 12)), (3, (6, 6, 9))])
+def test_the_restart_pace_counts_rows_per_tile_not_steps(effort, paces):
+    """Measured at 3 rows per tile per step (4 samples); effort 3's 8 samples take 4, so it allows 3/4 the steps."""
+    samples = codec.EFFORTS[effort].samples
+    assert [codec.restart_pace(r, samples, (4.0,)) for r in (0.05, 0.1, 0.2)] == pytest.approx(paces)
+    assert codec.restart_pace(0.1, 16, (1.0, 6.0)) == pytest.approx(4)  # the second step's rows count
+
+
+@pytest.mark.parametrize("effort", [1, 3])
+def test_the_encoder_judges_starting_again_at_the_restart_pace(crop64, monkeypatch, effort):
+    paces = []
+
+    def spy(step_bytes, remaining, pace):
+        paces.append(pace)
+        return False
+
+    monkeypatch.setattr(codec, "_start_finer", spy)
+    config = replace(FAST, samples=None, effort=effort)
+    codec.encode(crop64, rate=0.6, config=config)
+    assert paces and set(paces) == {codec.restart_pace(0.6, codec.EFFORTS[effort].samples, config.rows_per_step)}
 
 
 def _proposal(sigma: np.ndarray) -> codec._Proposal:

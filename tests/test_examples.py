@@ -170,7 +170,7 @@ def test_restart_study_decisions_stop_after_two_steps_and_name_the_records_to_re
     record, = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
     first2, remaining = record["first2"], record["remaining2"]
     assert record["steps"] == pytest.approx(2 + remaining / first2[1], abs=0.01)
-    assert record["current"] == codec._start_finer(first2, remaining, codec.pace_steps(0.6))
+    assert record["current"] == codec._start_finer(first2, remaining, codec.restart_pace(0.6, 4, (4.0,)))
     records = tmp_path / "records"
     records.mkdir()
     for delta in (codec.auto_delta(0.6), codec.auto_delta(0.6) / 2):
