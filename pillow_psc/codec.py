@@ -439,7 +439,8 @@ def restart_pace(bits_per_pixel: float, samples: int, rows_per_step: Sequence[fl
     0.1 bpp, 9 at 0.2 bpp at effort 3), measured with both choices on the 11 Kodak photos it changes (float32,
     examples/results/RESULTS.md "Starting again, at effort 3"): at 0.1 bpp +0.21 dB mean over 6 photos (kodim09, 10,
     17, 20: +0.44..+0.81; kodim06, 19 at 6.3 and 6.2 steps: -0.32, -0.96) for 480-576 encoder evaluations instead of
-    768 (fewer, larger steps); at 0.2 bpp +0.64 over 4 (-0.02..+1.20).
+    768 (fewer, larger steps); at 0.2 bpp +0.64 over 4 (-0.02..+1.20). The refinement (`_off_pace`) keeps
+    `pace_steps`, which was set at effort 3.
     """
     rows_per_tile = min(rows_per_step[min(2, len(rows_per_step)) - 1], samples - 1)
     return pace_steps(bits_per_pixel) * RESTART_PACE_ROWS / rows_per_tile
