@@ -229,7 +229,7 @@ class SensingState:
         spread = torch.zeros(g.count, s - 1, device=self.device)
         for ids, tiles in self._sample_all(s, step):
             means[ids], dirs[ids], spread[ids] = principal_directions(tiles)
-        rate = self.header.rows_per_step[min(step, len(self.header.rows_per_step)) - 1]
+        rate = step_rows(self.header.rows_per_step, step)
         count = min(max(1, round(rate * g.count)), g.count * (s - 1))
         # version 2 ranks by snapped level, not raw spread: float drift between machines below one level step
         # cannot reorder the candidates (drift across a level changes the check value and is detected)
@@ -430,6 +430,11 @@ def pace_steps(bits_per_pixel: float) -> float:
 RESTART_PACE_ROWS = 3
 
 
+def step_rows(rows_per_step: Sequence[float], step: int) -> float:
+    """New rows per tile that adaptive step `step` (>= 1) asks for: the header's list, its last value repeating."""
+    return rows_per_step[min(step, len(rows_per_step)) - 1]
+
+
 def restart_pace(bits_per_pixel: float, samples: int, rows_per_step: Sequence[float]) -> float:
     """The steps `_start_finer` allows: `pace_steps` counted in rows per tile, so that the test reads the content,
     not the effort. The second step's rows per tile are its rows_per_step, at most the samples - 1 directions.
@@ -442,7 +447,7 @@ def restart_pace(bits_per_pixel: float, samples: int, rows_per_step: Sequence[fl
     768 (fewer, larger steps); at 0.2 bpp +0.64 over 4 (-0.02..+1.20). The refinement (`_off_pace`) keeps
     `pace_steps`, which was set at effort 3.
     """
-    rows_per_tile = min(rows_per_step[min(2, len(rows_per_step)) - 1], samples - 1)
+    rows_per_tile = min(step_rows(rows_per_step, 2), samples - 1)
     return pace_steps(bits_per_pixel) * RESTART_PACE_ROWS / rows_per_tile
 
 
