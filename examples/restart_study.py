@@ -13,8 +13,10 @@ be scored offline: a restart costs arm A's two steps of evaluations and gives ar
 encode from the same seed). Records are appended to `arms.jsonl` as they finish; a stopped run resumes.
 
 `--summarise` prints, per rate: the oracle (the better arm on every photo), the former rule (a geometric tail of
-the chunk sizes under a quarter of the rest), the current rule (more steps than the pace at the second chunk's
-size) and fixed step counts in its place.
+the chunk sizes under a quarter of the rest), the pace alone (more steps than the pace at the second chunk's size),
+the current rule (smooth photos, `codec.block_texture` below `codec.SMOOTH_TEXTURE`, start at half the step without
+the test's two steps; the others by the pace) and fixed step counts in place of the pace. Both arms ignore the
+texture: A starts at the textured photos' step.
 
 `--decisions` is the cheap half, for when a rule changes after records were made: each encode stops after its second
 adaptive step and `decisions.jsonl` gets those numbers and what the current and former rules decide. `--against
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -51,7 +54,8 @@ def encode_arm(pixels: np.ndarray, rate: float, effort: int, arm: str) -> dict:
     automatic = codec.auto_delta
     saved = codec._start_finer, codec.auto_delta
     codec._start_finer = never_restart
-    codec.auto_delta = automatic if arm == "A" else (lambda bits_per_pixel: automatic(bits_per_pixel) / 2)
+    # both arms ignore the photo's texture: A starts at the textured photos' step, B at half of it
+    codec.auto_delta = lambda bits_per_pixel, texture: automatic(bits_per_pixel, math.inf) / (1 if arm == "A" else 2)
     try:
         start = time.perf_counter()
         encoded = pillow_psc.encode(pixels, rate=rate, config=pillow_psc.CodecConfig(effort=effort))
@@ -61,7 +65,8 @@ def encode_arm(pixels: np.ndarray, rate: float, effort: int, arm: str) -> dict:
     parsed = container.read_file(encoded.data)
     return {"psnr": psnr(pixels, encoded.reconstruct("mean")), "bpp": 8 * len(encoded.data) / pixels[..., 0].size,
             "evaluations": encoded.evaluations, "encode_s": round(seconds, 1),
-            "delta": parsed.header.delta, "chunk_bytes": [len(c.words) for c in parsed.data], **first_two}
+            "delta": parsed.header.delta, "chunk_bytes": [len(c.words) for c in parsed.data],
+            "texture": codec.block_texture(pixels), **first_two}
 
 
 def run(names: list[str], rates: list[float], effort: int, out: Path, crop: int | None = None) -> None:
@@ -127,7 +132,7 @@ def decide(names: list[str], rates: list[float], effort: int, out: Path, crop: i
 
 def stale(decisions: Path, records: Path) -> list[str]:
     """'RATE PHOTO' for every photo whose record in `records` decided otherwise than the current rule."""
-    started_again = {(r["image"], r["rate"]): r["delta"] < codec.auto_delta(r["rate"]) * (1 - 1e-6)
+    started_again = {(r["image"], r["rate"]): r["delta"] < codec.auto_delta(r["rate"], math.inf) * (1 - 1e-6)
                      for r in _lines(records / "psc.jsonl")}
     return [f"{d['rate']} {d['image']}" for d in _lines(decisions / "decisions.jsonl")
             if (d["image"], d["rate"]) in started_again
@@ -165,13 +170,17 @@ def summarise(folders: list[Path]) -> str:
             continue
         abandoned = 2 * (pairs[0][0]["evaluations"] // max(1, len(pairs[0][0]["chunk_bytes"]) - 1))
 
-        def score(restarts: list[bool]) -> str:
+        def score(restarts: list[bool], at_once: list[bool] | None = None) -> str:
             chosen = [b if go else a for (a, b), go in zip(pairs, restarts)]
             psnr_mean = np.mean([c["psnr"] for c in chosen])
-            evals = np.mean([b["evaluations"] + abandoned if go else a["evaluations"]
-                             for (a, b), go in zip(pairs, restarts)])
+            at_once = at_once or [False] * len(pairs)  # started at half the step, no test steps spent
+            evals = np.mean([b["evaluations"] + (0 if now else abandoned) if go else a["evaluations"]
+                             for (a, b), go, now in zip(pairs, restarts, at_once)])
             return f"{psnr_mean:.3f} dB, {evals:.0f} evaluations, {sum(restarts)} start again"
 
+        # the encoder starts smooth photos at half the step (`codec.auto_delta`), without the two steps of the test
+        textured_step = codec.auto_delta(rate, math.inf)
+        smooth = [codec.auto_delta(rate, a["texture"]) < textured_step * (1 - 1e-6) for a, _ in pairs]
         # an encode that ended within two steps was never tested: 0 steps
         steps = [2 + a["remaining2"] / a["first2"][1] if "first2" in a else 0.0 for a, _ in pairs]
         lines += [f"## {rate} bpp, effort {effort}: {len(pairs)} photos", "",
@@ -180,11 +189,13 @@ def summarise(folders: list[Path]) -> str:
                   f"- oracle (the better arm): {score([b['psnr'] > a['psnr'] for a, b in pairs])}",
                   f"- former rule (tail < 0.25 of the rest): "
                   f"{score([s > 0 and _former_rule(a['first2'], a['remaining2']) for s, (a, _) in zip(steps, pairs)])}",
-                  f"- current rule (more than the pace, {_pace(rate, effort):g} steps): "
+                  f"- the pace alone (more than {_pace(rate, effort):g} steps): "
                   f"{score([s > _pace(rate, effort) for s in steps])}"]
+        lines.append(f"- current rule (texture below {codec.SMOOTH_TEXTURE}: half the step at once; else more than the"
+                     f" pace): {score([h or s > _pace(rate, effort) for h, s in zip(smooth, steps)], smooth)}")
         lines += [f"- more than {limit} steps: {score([s > limit for s in steps])}" for limit in (6, 7, 8, 9, 10, 12)]
-        lines += ["", "| photo | steps at the 2nd chunk's size (arm A) | B − A (dB) |", "|---|---|---|"]
-        lines += [f"| {name} | {s:.1f} | {p['B']['psnr'] - p['A']['psnr']:+.2f} |"
+        lines += ["", "| photo | steps at the 2nd chunk's size (arm A) | texture | B − A (dB) |", "|---|---|---|---|"]
+        lines += [f"| {name} | {s:.1f} | {p['A']['texture']:.4f} | {p['B']['psnr'] - p['A']['psnr']:+.2f} |"
                   for s, (name, p) in sorted(zip(steps, complete.items()))]
         lines.append("")
     return "\n".join(lines)

@@ -80,7 +80,7 @@ class CodecConfig:
     output_sampler_steps: int | None = None  # per output sample; None: OUTPUT_STEPS_FACTOR x sampler_steps
     coarse_sigma: float | None = None  # denoise at half resolution from this noise level up; 0: never; None: by effort
     rows_per_step: tuple[float, ...] = (4.0,)  # new rows per tile at each step; the last value repeats
-    delta: float | None = None  # quantizer step in signal units; None: auto_delta(rate)
+    delta: float | None = None  # quantizer step in signal units; None: auto_delta(rate, texture)
     tile: int | None = None  # None: the prior's default
     window: int = 32  # sampling window core, tiles
     margin: int = 2  # sampling window margin, tiles
@@ -402,15 +402,35 @@ SCALE_SEARCH = 4  # ... judged at the calibrated spread-scale code and this many
 _ZERO_SYMBOL = int(quantize(np.zeros(1), 1.0)[0])
 
 
-def auto_delta(bits_per_pixel: float) -> float:
-    """The quantizer step of the first adaptive step for a rate (encoder choice; written to the header).
+def auto_delta(bits_per_pixel: float, texture: float) -> float:
+    """The quantizer step of the first adaptive step for a rate and a photo's `block_texture` (encoder choice;
+    written to the header).
 
     Coarse steps make each row cheap, so more rows fit. Measured on four Kodak 256 px crops against the former
     fixed 0.14: 0.8 is best at 0.05 and 0.1 bpp (+0.2 / +0.85 dB), 0.4-0.56 at 0.2 bpp (+1.1 dB). Hence
-    0.08 / bpp, at most 0.8. Smooth content needs finer steps (most innovations fall below a coarse one), which
-    the encoder finds step by step (`_encode_with_delta`).
+    0.08 / bpp, at most 0.8. Smooth content needs finer steps (most innovations fall below a coarse one): a photo
+    whose texture is below SMOOTH_TEXTURE starts at half of it (0.04 / bpp, so from 0.1 bpp on), which the test
+    for starting again (`_start_finer`) would otherwise find after two steps spent. Others adapt step by step
+    (`_encode_with_delta`).
     """
-    return float(np.clip(0.08 / bits_per_pixel, AUTO_DELTA_MIN, 0.8))
+    textured = 0.08 / bits_per_pixel
+    return float(np.clip(textured / 2 if texture < SMOOTH_TEXTURE else textured, AUTO_DELTA_MIN, 0.8))
+
+
+#: Below this `block_texture` a photo starts at half the automatic step. On the 24 Kodak photos the 10 below it
+#: (0.059-0.078; the other 14: 0.089-0.164) all started again at 0.1 bpp at every effort, gaining 0.36-1.01 dB at
+#: effort 1 (both choices encoded: examples/results/RESULTS.md "Smooth photos start at half the step").
+SMOOTH_TEXTURE = 0.085
+TEXTURE_BLOCK = 16  # pixels: FFDNet's tile, the base layer's block means
+
+
+def block_texture(colour: np.ndarray) -> float:
+    """RMS of the pixels (0..1) about the means of their TEXTURE_BLOCK-square blocks: the detail that the base
+    layer's block means leave to the adaptive steps. Whole blocks only; a side shorter than a block is one block."""
+    h, w, channels = colour.shape
+    by, bx = min(TEXTURE_BLOCK, h), min(TEXTURE_BLOCK, w)
+    blocks = colour[:h // by * by, :w // bx * bx].astype(np.float64).reshape(h // by, by, w // bx, bx, channels) / 255
+    return float(np.sqrt(np.mean((blocks - blocks.mean(axis=(1, 3), keepdims=True)) ** 2)))
 
 
 def pace_steps(bits_per_pixel: float) -> float:
@@ -489,7 +509,8 @@ def _steps_at_last_size(step_bytes: list[int], remaining: int) -> float:
 def _start_finer(step_bytes: list[int], remaining: int, pace: float) -> bool:
     """Whether an automatic quantizer step is so coarse for the content that the encode should start again at half
     of it: judged after two adaptive steps, when at the second chunk's size the budget would take more than `pace`
-    steps (`restart_pace`). Later steps that fall off pace are refined instead (`_off_pace`).
+    steps (`restart_pace`). Later steps that fall off pace are refined instead (`_off_pace`). Smooth photos, which
+    this test sent to half the step at 0.1 bpp every time, start there (`auto_delta`) and spare its two steps.
 
     On smooth content a coarse step leaves most innovations below it, so each chunk is small. Measured with both
     choices forced on all 24 whole Kodak photos (effort 1, float32; `examples/restart_study.py`,
@@ -697,16 +718,18 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
     if (cfg.tile or prior.tile) % prior.tile_multiple:
         raise ValueError(f"model {model_id} needs a tile size that is a multiple of {prior.tile_multiple}")
     # An automatic quantizer step adapts to the content (§12): a step too coarse for smooth content leaves most
-    # innovations below it and the budget would take dozens of steps (each a full round of sampling), so the encoder
-    # starts again at half of it (judged after two steps) or refines it from step to step. An explicit step is the
-    # caller's choice and is kept.
-    automatic = cfg.delta is None
-    delta = auto_delta(8 * budget / (h * w)) if automatic else cfg.delta
+    # innovations below it and the budget would take dozens of steps (each a full round of sampling), so a smooth
+    # photo starts at half of it (`auto_delta`) and the encoder starts again at half of it (judged after two steps)
+    # or refines it from step to step. An explicit step is the caller's choice and is kept. Raw coding (the paper's)
+    # sends every measurement as one byte whatever the step, so its chunk sizes say nothing about the step (which
+    # then only sets the base layer's) and it is kept as well.
+    adapts = cfg.delta is None and cfg.coding != "raw"
+    delta = auto_delta(8 * budget / (h * w), block_texture(colour)) if cfg.delta is None else cfg.delta
     evaluations = 0
     while True:
-        restart = automatic and delta > AUTO_DELTA_MIN
+        restart = adapts and delta > AUTO_DELTA_MIN
         encoded, spent = _encode_with_delta(colour, alpha, budget, delta, prior, prompt, seed, cfg, metadata,
-                                            progress, refine=automatic, may_restart=restart)
+                                            progress, refine=adapts, may_restart=restart)
         evaluations += spent
         if encoded is not None:
             encoded.evaluations = evaluations

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import pillow_psc
 from pillow_psc import codec, entropy
@@ -15,7 +16,7 @@ from pillow_psc.container import read_file
 from pillow_psc.priors.ffdnet import FFDNetPrior
 from pillow_psc.quantize import dequantize, quantize
 
-from conftest import FAST, kodak_crop, psnr
+from conftest import FAST, kodak_crop, kodak_dir, psnr
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,47 @@ def test_bfloat16_precision_is_written_and_followed_by_the_decoder(crop64, encod
         codec.encode(crop64, rate=0.6, config=dataclasses.replace(FAST, precision="float16"))
 
 
+SMOOTH_KODAK = {"kodim02", "kodim03", "kodim04", "kodim09", "kodim10", "kodim12", "kodim16", "kodim17", "kodim22",
+                "kodim23"}  # the photos that started again at 0.1 bpp at every effort under the test after two steps
+
+
+def test_the_smooth_kodak_photos_are_those_below_the_texture_threshold():
+    """The threshold sits in a gap between the photos (0.078 to 0.089), not at one of them."""
+    textures = {path.stem: codec.block_texture(np.asarray(Image.open(path).convert("RGB")))
+                for path in sorted(kodak_dir().glob("kodim*.png"))}
+    assert len(textures) == 24
+    assert {name for name, texture in textures.items() if texture < codec.SMOOTH_TEXTURE} == SMOOTH_KODAK
+    assert max(textures[n] for n in SMOOTH_KODAK) < 0.079
+    assert min(texture for name, texture in textures.items() if name not in SMOOTH_KODAK) > 0.089
+
+
+def test_block_texture_is_the_rms_about_the_block_means():
+    flat = np.full((40, 40, 3), 200, np.uint8)
+    checker = np.indices((32, 48)).sum(0) % 2 * 255
+    assert codec.block_texture(flat) == pytest.approx(0, abs=1e-12)
+    assert codec.block_texture(np.repeat(checker[..., None], 3, 2).astype(np.uint8)) == pytest.approx(0.5)
+    ramp = np.tile(np.arange(20, dtype=np.uint8)[None, :, None], (8, 1, 1))  # 8x20: one 8x16 block, 4 columns left
+    assert codec.block_texture(ramp) == pytest.approx(np.std(np.arange(16) / 255))
+
+
+@pytest.mark.parametrize("bits_per_pixel, texture, delta", [
+    (0.05, 0.1, 0.8), (0.1, 0.1, 0.8), (0.2, 0.1, 0.4),  # textured: 0.08 / bpp, at most 0.8
+    (0.05, 0.06, 0.8), (0.1, 0.06, 0.4), (0.2, 0.06, 0.2),  # smooth: half of it, from 0.1 bpp on
+    (4.0, 0.06, codec.AUTO_DELTA_MIN)])
+def test_smooth_photos_start_at_half_the_automatic_step(bits_per_pixel, texture, delta):
+    assert codec.auto_delta(bits_per_pixel, texture) == pytest.approx(delta)
+
+
+def test_the_encoder_starts_at_the_automatic_step_of_its_texture():
+    textured = kodak_crop("kodim08", (64, 64))
+    smooth = (textured.astype(np.float64) * 0.3 + 90).astype(np.uint8)  # the same picture with less contrast
+    for pixels in (textured, smooth):
+        header = read_file(codec.encode(pixels, rate=1.0, config=replace(FAST, max_steps=1)).data).header
+        texture = codec.block_texture(pixels)
+        assert header.delta == pytest.approx(codec.auto_delta(1.0, texture))
+    assert codec.block_texture(smooth) < codec.SMOOTH_TEXTURE <= codec.block_texture(textured)
+
+
 def _delta_codes(data: bytes) -> list[int]:
     """The delta code of every adaptive step of an innovation-coded file (PSC.md §4)."""
     return [struct.unpack(">bb", chunk.params)[1] for chunk in read_file(data).data[1:]]
@@ -136,7 +178,7 @@ def test_a_too_coarse_automatic_step_is_refined(crop64, monkeypatch):
     following ones too. An explicit step is the caller's choice and is kept."""
     import dataclasses
     budget = int(0.6 * 64 * 64 / 8)
-    monkeypatch.setattr(codec, "auto_delta", lambda bpp: 60.0)
+    monkeypatch.setattr(codec, "auto_delta", lambda bpp, texture: 60.0)
     refined = codec.encode(crop64, rate=0.6, config=FAST)
     codes, header = _delta_codes(refined.data), read_file(refined.data).header
     assert codec.step_delta(header.delta, codes[0]) < 60 and len(refined.data) > 0.85 * budget
@@ -202,6 +244,19 @@ def test_the_encoder_judges_starting_again_at_the_restart_pace(crop64, monkeypat
     assert paces and set(paces) == {codec.restart_pace(0.6, codec.EFFORTS[effort].samples, config.rows_per_step)}
 
 
+def test_raw_coding_keeps_the_automatic_step(crop64, monkeypatch):
+    """A raw chunk holds one byte per row whatever the step, so its size says nothing about the step: the encoder
+    neither starts again nor refines (the step then only sets the base layer's, at the rate's automatic value)."""
+    judged = []
+    monkeypatch.setattr(codec, "_start_finer", lambda *args: judged.append("restart") or True)
+    monkeypatch.setattr(codec, "_off_pace", lambda *args: judged.append("refine") or True)
+    raw = codec.encode(crop64, rate=0.6, config=replace(FAST, coding="raw", rows_per_step=(0.5,)))
+    assert judged == [] and raw.steps > 3
+    automatic = codec.auto_delta(8 * int(0.6 * 64 * 64 / 8) / (64 * 64), codec.block_texture(crop64))
+    assert read_file(raw.data).header.delta == pytest.approx(automatic)
+    assert {chunk.params[1:] for chunk in read_file(raw.data).data[1:]} == {b""}
+
+
 def _proposal(sigma: np.ndarray) -> codec._Proposal:
     n = len(sigma)
     return codec._Proposal(torch.zeros(n, dtype=torch.long), torch.zeros(n, 1), np.zeros(n), sigma, np.ones(n, bool))
@@ -257,7 +312,7 @@ def test_an_encode_at_a_step_far_too_coarse_starts_again_at_half(crop64, monkeyp
     # with two steps is abandoned
     result = codec.encode(crop64, rate=0.6, config=FAST)
     deltas = [delta for delta, *_ in tried]
-    assert deltas[0] == pytest.approx(codec.auto_delta(0.6), rel=0.01) and deltas[-1] == codec.AUTO_DELTA_MIN
+    assert deltas[0] == pytest.approx(codec.auto_delta(0.6, codec.block_texture(crop64)), rel=0.01) and deltas[-1] == codec.AUTO_DELTA_MIN
     assert all(b == max(a / 2, codec.AUTO_DELTA_MIN) for a, b in zip(deltas, deltas[1:]))
     assert [(may, gave_up) for _, may, gave_up, _ in tried] == [(True, True)] * (len(tried) - 1) + [(False, False)]
     per_step = FAST.samples * FAST.sampler_steps

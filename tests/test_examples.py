@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -134,18 +135,22 @@ def test_restart_study_forces_both_choices_and_scores_rules(tmp_path, capsys):
     assert (codec._start_finer, codec.auto_delta) == real
     a, b = [json.loads(line) for line in (tmp_path / "arms.jsonl").read_text().splitlines()]
     assert (a["arm"], b["arm"]) == ("A", "B") and a["effort"] == 1
-    assert a["delta"] == pytest.approx(codec.auto_delta(0.6), rel=1e-3)
+    assert a["delta"] == pytest.approx(codec.auto_delta(0.6, math.inf), rel=1e-3)  # kodim23 is smooth: ignored
+    assert a["texture"] == b["texture"] < codec.SMOOTH_TEXTURE
     assert b["delta"] == pytest.approx(a["delta"] / 2, rel=1e-3)
     assert len(a["first2"]) == 2 and a["remaining2"] > 0 and a["bpp"] <= 0.6 and b["bpp"] <= 0.6
 
 
 def test_restart_study_scores_a_rule_by_the_arm_it_picks(tmp_path):
-    """A photo whose budget would take 10 steps gains by starting again, one that would take 3 loses: the current
-    rule (the pace, 8 steps at 0.1 bpp) picks the better arm on both, and pays arm A's two steps for the restart."""
+    """A photo whose budget would take 10 steps gains by starting again, one that would take 3 loses: the pace (8
+    steps at 0.1 bpp) picks the better arm on both, and pays arm A's two steps for the restart; the current rule
+    starts the smooth one at half the step at once, without them."""
     study = _example("restart_study")
     records = []
-    for name, second, a_psnr, b_psnr in (("kodim02", 100, 28.0, 29.0), ("kodim05", 1000, 21.0, 20.0)):
-        common = {"image": name, "rate": 0.1, "effort": 1, "bpp": 0.1, "encode_s": 1.0, "delta": 0.8}
+    for name, second, a_psnr, b_psnr, texture in (("kodim02", 100, 28.0, 29.0, 0.06),
+                                                  ("kodim05", 1000, 21.0, 20.0, 0.14)):
+        common = {"image": name, "rate": 0.1, "effort": 1, "bpp": 0.1, "encode_s": 1.0, "delta": 0.8,
+                  "texture": texture}
         records.append({**common, "arm": "A", "psnr": a_psnr, "evaluations": 256, "chunk_bytes": [900] + [300] * 8,
                         "first2": [200, second], "remaining2": 800 if second == 100 else 1000})
         records.append({**common, "arm": "B", "psnr": b_psnr, "evaluations": 160, "chunk_bytes": [900] * 6})
@@ -153,9 +158,11 @@ def test_restart_study_scores_a_rule_by_the_arm_it_picks(tmp_path):
     text = study.summarise([tmp_path])
     assert "## 0.1 bpp, effort 1: 2 photos" in text
     assert "- oracle (the better arm): 25.000 dB, 240 evaluations, 1 start again" in text  # (160 + 64 + 256) / 2
-    assert "- current rule (more than the pace, 8 steps): 25.000 dB, 240 evaluations, 1 start again" in text
+    assert "- the pace alone (more than 8 steps): 25.000 dB, 240 evaluations, 1 start again" in text
+    assert ("- current rule (texture below 0.085: half the step at once; else more than the pace): 25.000 dB, 208 "
+            "evaluations, 1 start again") in text  # (160 + 256) / 2
     assert "- never start again: 24.500 dB, 256 evaluations, 0 start again" in text
-    assert "| kodim05 | 3.0 | -1.00 |" in text and "| kodim02 | 10.0 | +1.00 |" in text
+    assert "| kodim05 | 3.0 | 0.1400 | -1.00 |" in text and "| kodim02 | 10.0 | 0.0600 | +1.00 |" in text
 
 
 def test_restart_study_decisions_stop_after_two_steps_and_name_the_records_to_redo(tmp_path):
@@ -173,7 +180,7 @@ def test_restart_study_decisions_stop_after_two_steps_and_name_the_records_to_re
     assert record["current"] == codec._start_finer(first2, remaining, codec.restart_pace(0.6, 4, (4.0,)))
     records = tmp_path / "records"
     records.mkdir()
-    for delta in (codec.auto_delta(0.6), codec.auto_delta(0.6) / 2):
+    for delta in (codec.auto_delta(0.6, math.inf), codec.auto_delta(0.6, math.inf) / 2):
         (records / "psc.jsonl").write_text(json.dumps({"image": "kodim23", "rate": 0.6, "delta": delta}) + "\n")
-        started_again = delta < codec.auto_delta(0.6)
+        started_again = delta < codec.auto_delta(0.6, math.inf)
         assert study.stale(tmp_path, records) == ([] if started_again == record["current"] else ["0.6 kodim23"])
