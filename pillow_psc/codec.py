@@ -422,15 +422,23 @@ def auto_delta(bits_per_pixel: float, texture: float) -> float:
 #: effort 1 (both choices encoded: examples/results/RESULTS.md "Smooth photos start at half the step").
 SMOOTH_TEXTURE = 0.085
 TEXTURE_BLOCK = 16  # pixels: FFDNet's tile, the base layer's block means
+TEXTURE_BAND_VALUES = 1 << 22  # pixel values per pass of block_texture (32 MiB as float64)
 
 
 def block_texture(colour: np.ndarray) -> float:
     """RMS of the pixels (0..1) about the means of their TEXTURE_BLOCK-square blocks: the detail that the base
-    layer's block means leave to the adaptive steps. Whole blocks only; a side shorter than a block is one block."""
+    layer's block means leave to the adaptive steps. Whole blocks only; a side shorter than a block is one block.
+    Bands of block rows keep the float copy small on huge images (a 2^28-pixel one would need 6 GiB at once)."""
     h, w, channels = colour.shape
     by, bx = min(TEXTURE_BLOCK, h), min(TEXTURE_BLOCK, w)
-    blocks = colour[:h // by * by, :w // bx * bx].astype(np.float64).reshape(h // by, by, w // bx, bx, channels) / 255
-    return float(np.sqrt(np.mean((blocks - blocks.mean(axis=(1, 3), keepdims=True)) ** 2)))
+    rows, cols = h // by, w // bx
+    band = max(1, TEXTURE_BAND_VALUES // (by * cols * bx * channels))
+    squares = 0.0
+    for top in range(0, rows, band):
+        n = min(band, rows - top)
+        blocks = colour[top * by:(top + n) * by, :cols * bx].astype(np.float64).reshape(n, by, cols, bx, channels)
+        squares += float(np.sum((blocks - blocks.mean(axis=(1, 3), keepdims=True)) ** 2))
+    return math.sqrt(squares / (rows * by * cols * bx * channels)) / 255
 
 
 def pace_steps(bits_per_pixel: float) -> float:

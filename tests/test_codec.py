@@ -149,6 +149,14 @@ def test_block_texture_is_the_rms_about_the_block_means():
     assert codec.block_texture(ramp) == pytest.approx(np.std(np.arange(16) / 255))
 
 
+def test_block_texture_in_bands_of_block_rows_gives_the_same_value(monkeypatch):
+    """Huge images are read a band of block rows at a time (bounded memory); the value does not depend on it."""
+    pixels = kodak_crop("kodim19", (200, 168))  # 12 x 10 whole blocks, with rows and columns left over
+    whole = codec.block_texture(pixels)
+    monkeypatch.setattr(codec, "TEXTURE_BAND_VALUES", 3 * 16 * 16 * 12 * 3)  # three block rows per band
+    assert codec.block_texture(pixels) == pytest.approx(whole, rel=1e-12)
+
+
 @pytest.mark.parametrize("bits_per_pixel, texture, delta", [
     (0.05, 0.1, 0.8), (0.1, 0.1, 0.8), (0.2, 0.1, 0.4),  # textured: 0.08 / bpp, at most 0.8
     (0.05, 0.06, 0.8), (0.1, 0.06, 0.4), (0.2, 0.06, 0.2),  # smooth: half of it, from 0.1 bpp on
