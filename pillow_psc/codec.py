@@ -408,19 +408,23 @@ def auto_delta(bits_per_pixel: float, texture: float) -> float:
 
     Coarse steps make each row cheap, so more rows fit. Measured on four Kodak 256 px crops against the former
     fixed 0.14: 0.8 is best at 0.05 and 0.1 bpp (+0.2 / +0.85 dB), 0.4-0.56 at 0.2 bpp (+1.1 dB). Hence
-    0.08 / bpp, at most 0.8. Smooth content needs finer steps (most innovations fall below a coarse one): a photo
-    whose texture is below SMOOTH_TEXTURE starts at half of it (0.04 / bpp, so from 0.1 bpp on), which the test
-    for starting again (`_start_finer`) would otherwise find after two steps spent. Others adapt step by step
+    0.08 / bpp, at most 0.8. Smooth content needs finer steps (most innovations fall below a coarse one): from
+    SMOOTH_FROM_BPP on, a photo whose texture is below SMOOTH_TEXTURE starts at half of it, exactly where the test
+    for starting again (`_start_finer`) would send it after two steps spent. Others adapt step by step
     (`_encode_with_delta`).
     """
-    textured = 0.08 / bits_per_pixel
-    return float(np.clip(textured / 2 if texture < SMOOTH_TEXTURE else textured, AUTO_DELTA_MIN, 0.8))
+    textured = float(np.clip(0.08 / bits_per_pixel, AUTO_DELTA_MIN, 0.8))
+    if texture < SMOOTH_TEXTURE and bits_per_pixel >= SMOOTH_FROM_BPP:
+        return max(textured / 2, AUTO_DELTA_MIN)
+    return textured
 
 
 #: Below this `block_texture` a photo starts at half the automatic step. On the 24 Kodak photos the 10 below it
 #: (0.059-0.078; the other 14: 0.089-0.164) all started again at 0.1 bpp at every effort, gaining 0.36-1.01 dB at
 #: effort 1 (both choices encoded: examples/results/RESULTS.md "Smooth photos start at half the step").
 SMOOTH_TEXTURE = 0.085
+#: ... measured at 0.1 and 0.2 bpp; at 0.05 bpp starting at half lost on 9 of the 10 (effort 1); midway between.
+SMOOTH_FROM_BPP = 0.075
 TEXTURE_BLOCK = 16  # pixels: FFDNet's tile, the base layer's block means
 TEXTURE_BAND_VALUES = 1 << 22  # pixel values per pass of block_texture (32 MiB as float64)
 

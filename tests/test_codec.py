@@ -159,10 +159,18 @@ def test_block_texture_in_bands_of_block_rows_gives_the_same_value(monkeypatch):
 
 @pytest.mark.parametrize("bits_per_pixel, texture, delta", [
     (0.05, 0.1, 0.8), (0.1, 0.1, 0.8), (0.2, 0.1, 0.4),  # textured: 0.08 / bpp, at most 0.8
-    (0.05, 0.06, 0.8), (0.1, 0.06, 0.4), (0.2, 0.06, 0.2),  # smooth: half of it, from 0.1 bpp on
+    (0.05, 0.06, 0.8), (0.1, 0.06, 0.4), (0.2, 0.06, 0.2),  # smooth: half of it, from SMOOTH_FROM_BPP on
     (4.0, 0.06, codec.AUTO_DELTA_MIN)])
 def test_smooth_photos_start_at_half_the_automatic_step(bits_per_pixel, texture, delta):
     assert codec.auto_delta(bits_per_pixel, texture) == pytest.approx(delta)
+
+
+@pytest.mark.parametrize("bits_per_pixel", [8 * int(0.1 * 768 * 512 / 8) / (768 * 512), 0.2, 0.3])
+def test_a_smooth_photo_starts_exactly_where_starting_again_would_go(bits_per_pixel):
+    """The same step as the encode that starts again after two steps (so the same file, for two steps less); the
+    budget of 0.1 bpp on a Kodak photo is 0.099996 bpp, where 0.04 / bpp would not be clipped to 0.4."""
+    textured = codec.auto_delta(bits_per_pixel, 1.0)
+    assert codec.auto_delta(bits_per_pixel, 0.06) == max(textured / 2, codec.AUTO_DELTA_MIN)
 
 
 def test_the_encoder_starts_at_the_automatic_step_of_its_texture():
