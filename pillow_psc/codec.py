@@ -423,7 +423,8 @@ def auto_delta(bits_per_pixel: float, texture: float) -> float:
 #: (0.059-0.078; the other 14: 0.089-0.164) all started again at 0.1 bpp at every effort, gaining 0.36-1.01 dB at
 #: effort 1 (both choices encoded: examples/results/RESULTS.md "Smooth photos start at half the step").
 SMOOTH_TEXTURE = 0.085
-#: ... measured at 0.1 and 0.2 bpp; at 0.05 bpp starting at half lost on 9 of the 10 (effort 1); midway between.
+#: ... from this rate on: it was measured at 0.1 and 0.2 bpp, and at 0.05 bpp starting at half lost on 9 of the 10
+#: (effort 1); set midway.
 SMOOTH_FROM_BPP = 0.075
 TEXTURE_BLOCK = 16  # pixels: FFDNet's tile, the base layer's block means
 TEXTURE_BAND_VALUES = 1 << 22  # pixel values per pass of block_texture (32 MiB as float64)
