@@ -415,8 +415,13 @@ def auto_delta(bits_per_pixel: float, texture: float) -> float:
     """
     textured = float(np.clip(0.08 / bits_per_pixel, AUTO_DELTA_MIN, 0.8))
     if texture < SMOOTH_TEXTURE and bits_per_pixel >= SMOOTH_FROM_BPP:
-        return max(textured / 2, AUTO_DELTA_MIN)
+        return half_step(textured)
     return textured
+
+
+def half_step(delta: float) -> float:
+    """The automatic step an encode starts again at, and a smooth photo starts at: half, down to AUTO_DELTA_MIN."""
+    return max(delta / 2, AUTO_DELTA_MIN)
 
 
 #: Below this `block_texture` a photo starts at half the automatic step. On the 24 Kodak photos the 10 below it
@@ -747,7 +752,7 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
         if encoded is not None:
             encoded.evaluations = evaluations
             return encoded
-        delta = max(delta / 2, AUTO_DELTA_MIN)
+        delta = half_step(delta)
 
 
 def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int, delta: float, prior: Prior,
