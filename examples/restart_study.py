@@ -15,8 +15,9 @@ encode from the same seed). Records are appended to `arms.jsonl` as they finish;
 `--summarise` prints, per rate: the oracle (the better arm on every photo), the former rule (a geometric tail of
 the chunk sizes under a quarter of the rest), the pace alone (more steps than the pace at the second chunk's size),
 the current rule (smooth photos, `codec.block_texture` below `codec.SMOOTH_TEXTURE`, start at half the step without
-the test's two steps; the others by the pace) and fixed step counts in place of the pace. Both arms ignore the
-texture: A starts at the textured photos' step.
+the test's two steps; busy ones below `codec.TEXTURE_RATE_BPP` start one refinement coarser, arm C, where it was
+encoded; the others by the pace) and fixed step counts in place of the pace. The arms ignore the texture: A starts at
+`codec.automatic_step`, B at half of it, C (`--arms C`, for busy photos) at 2^(1/2) times it.
 
 `--decisions` is the cheap half, for when a rule changes after records were made: each encode stops after its second
 adaptive step and `decisions.jsonl` gets those numbers and what the current and former rules decide. `--against
@@ -42,8 +43,13 @@ from pillow_psc.bench import load_image, psnr
 KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 
 
+#: The arms' first quantizer steps, as factors of `codec.automatic_step`: A keeps it, B starts at half of it (where
+#: starting again goes), C one refinement coarser (where busy photos start at low rates, `codec.auto_delta`).
+ARM_FACTORS = {"A": 1.0, "B": 0.5, "C": math.sqrt(2)}
+
+
 def encode_arm(pixels: np.ndarray, rate: float, effort: int, arm: str) -> dict:
-    """Encode with the restart test off, starting at the automatic step (A) or half of it (B)."""
+    """Encode with the restart test off, starting at the automatic step times the arm's factor (ARM_FACTORS)."""
     first_two: dict = {}
 
     def never_restart(step_bytes: list[int], remaining: int, pace: float) -> bool:
@@ -51,11 +57,10 @@ def encode_arm(pixels: np.ndarray, rate: float, effort: int, arm: str) -> dict:
             first_two.update(first2=list(step_bytes), remaining2=remaining)
         return False
 
-    automatic = codec.auto_delta
     saved = codec._start_finer, codec.auto_delta
     codec._start_finer = never_restart
-    # both arms ignore the photo's texture: A starts at the textured photos' step, B at half of it
-    codec.auto_delta = lambda bits_per_pixel, texture: automatic(bits_per_pixel, math.inf) / (1 if arm == "A" else 2)
+    # the arms ignore the photo's texture: A starts at the automatic step, the others at a factor of it
+    codec.auto_delta = lambda bits_per_pixel, texture: codec.automatic_step(bits_per_pixel) * ARM_FACTORS[arm]
     try:
         start = time.perf_counter()
         encoded = pillow_psc.encode(pixels, rate=rate, config=pillow_psc.CodecConfig(effort=effort))
@@ -69,13 +74,14 @@ def encode_arm(pixels: np.ndarray, rate: float, effort: int, arm: str) -> dict:
             "texture": codec.block_texture(pixels), **first_two}
 
 
-def run(names: list[str], rates: list[float], effort: int, out: Path, crop: int | None = None) -> None:
+def run(names: list[str], rates: list[float], effort: int, out: Path, crop: int | None = None,
+        arms: str = "AB") -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "arms.jsonl"
     done = {(r["image"], r["rate"], r["effort"], r["arm"]) for r in _records([out])}
     for rate in rates:
         for name in names:
-            for arm in "AB":
+            for arm in arms:
                 if (name, rate, effort, arm) in done:
                     continue
                 record = {"image": name, "rate": rate, "effort": effort, "arm": arm,
@@ -132,7 +138,7 @@ def decide(names: list[str], rates: list[float], effort: int, out: Path, crop: i
 
 def stale(decisions: Path, records: Path) -> list[str]:
     """'RATE PHOTO' for every photo whose record in `records` decided otherwise than the current rule."""
-    started_again = {(r["image"], r["rate"]): r["delta"] < codec.auto_delta(r["rate"], math.inf) * (1 - 1e-6)
+    started_again = {(r["image"], r["rate"]): r["delta"] < codec.automatic_step(r["rate"]) * (1 - 1e-6)
                      for r in _lines(records / "psc.jsonl")}
     return [f"{d['rate']} {d['image']}" for d in _lines(decisions / "decisions.jsonl")
             if (d["image"], d["rate"]) in started_again
@@ -170,17 +176,18 @@ def summarise(folders: list[Path]) -> str:
             continue
         abandoned = 2 * (pairs[0][0]["evaluations"] // max(1, len(pairs[0][0]["chunk_bytes"]) - 1))
 
-        def score(restarts: list[bool], at_once: list[bool] | None = None) -> str:
-            chosen = [b if go else a for (a, b), go in zip(pairs, restarts)]
+        def score(restarts: list[bool], at_once: list[bool] | None = None, coarser: list[dict] | None = None) -> str:
+            """`coarser`: per photo, the record that replaces arm A where the encode starts coarser (arm C), or {}."""
+            firsts = [c or a for (a, _), c in zip(pairs, coarser or [{}] * len(pairs))]
+            chosen = [b if go else a for (_, b), a, go in zip(pairs, firsts, restarts)]
             psnr_mean = np.mean([c["psnr"] for c in chosen])
             at_once = at_once or [False] * len(pairs)  # started at half the step, no test steps spent
             evals = np.mean([b["evaluations"] + (0 if now else abandoned) if go else a["evaluations"]
-                             for (a, b), go, now in zip(pairs, restarts, at_once)])
+                             for (_, b), a, go, now in zip(pairs, firsts, restarts, at_once)])
             return f"{psnr_mean:.3f} dB, {evals:.0f} evaluations, {sum(restarts)} start again"
 
         # the encoder starts smooth photos at half the step (`codec.auto_delta`), without the two steps of the test
-        textured_step = codec.auto_delta(rate, math.inf)
-        smooth = [codec.auto_delta(rate, a["texture"]) < textured_step * (1 - 1e-6) for a, _ in pairs]
+        smooth = [codec.auto_delta(rate, a["texture"]) < codec.automatic_step(rate) * (1 - 1e-6) for a, _ in pairs]
         # an encode that ended within two steps was never tested: 0 steps
         steps = [2 + a["remaining2"] / a["first2"][1] if "first2" in a else 0.0 for a, _ in pairs]
         lines += [f"## {rate} bpp, effort {effort}: {len(pairs)} photos", "",
@@ -191,11 +198,24 @@ def summarise(folders: list[Path]) -> str:
                   f"{score([s > 0 and _former_rule(a['first2'], a['remaining2']) for s, (a, _) in zip(steps, pairs)])}",
                   f"- the pace alone (more than {_pace(rate, effort):g} steps): "
                   f"{score([s > _pace(rate, effort) for s in steps])}"]
-        lines.append(f"- current rule (texture below {codec.SMOOTH_TEXTURE}: half the step at once; else more than the"
-                     f" pace): {score([h or s > _pace(rate, effort) for h, s in zip(smooth, steps)], smooth)}")
+        current = [h or s > _pace(rate, effort) for h, s in zip(smooth, steps)]
+        # ... and busy photos at low rates one refinement coarser: arm C, whose own test is taken to keep its step
+        busy = [codec.auto_delta(rate, a["texture"]) > codec.automatic_step(rate) * (1 + 1e-6) for a, _ in pairs]
+        coarser = [complete[name].get("C", {}) if b else {} for name, b in zip(complete, busy)]
+        if any(busy) and all(c for c, b in zip(coarser, busy) if b):
+            lines.append(f"- current rule (texture below {codec.SMOOTH_TEXTURE}: half the step at once; from "
+                         f"{codec.BUSY_TEXTURE} below {codec.TEXTURE_RATE_BPP} bpp: arm C; else more than the pace): "
+                         f"{score(current, smooth, coarser)}")
+        elif any(busy):
+            lines.append(f"- current rule: not scored ({sum(busy)} busy photos start coarser; arm C missing)")
+        else:
+            lines.append(f"- current rule (texture below {codec.SMOOTH_TEXTURE}: half the step at once; else more than "
+                         f"the pace): {score(current, smooth)}")
         lines += [f"- more than {limit} steps: {score([s > limit for s in steps])}" for limit in (6, 7, 8, 9, 10, 12)]
-        lines += ["", "| photo | steps at the 2nd chunk's size (arm A) | texture | B − A (dB) |", "|---|---|---|---|"]
-        lines += [f"| {name} | {s:.1f} | {p['A']['texture']:.4f} | {p['B']['psnr'] - p['A']['psnr']:+.2f} |"
+        lines += ["", "| photo | steps at the 2nd chunk's size (arm A) | texture | B − A (dB) | C − A (dB) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {name} | {s:.1f} | {p['A']['texture']:.4f} | {p['B']['psnr'] - p['A']['psnr']:+.2f} | "
+                  + (f"{p['C']['psnr'] - p['A']['psnr']:+.2f} |" if "C" in p else "|")
                   for s, (name, p) in sorted(zip(steps, complete.items()))]
         lines.append("")
     return "\n".join(lines)
@@ -209,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crop", type=int, help="centre crop N x N (default: whole photos; for quick checks)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="folder for arms.jsonl")
+    parser.add_argument("--arms", default="AB", help=f"arms to encode, of {''.join(ARM_FACTORS)} (default: AB)")
     parser.add_argument("--summarise", nargs="+", type=Path, metavar="DIR", help="print the tables of these folders")
     parser.add_argument("--decisions", action="store_true",
                         help="stop each encode after two steps; record what each rule decides (decisions.jsonl)")
@@ -220,12 +241,17 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.out is None:
         parser.error("--out is required unless --summarise is given")
+    if not args.arms or set(args.arms) - ARM_FACTORS.keys():
+        parser.error(f"--arms takes letters of {''.join(ARM_FACTORS)}, not {args.arms!r}")
     if args.against:
         print("\n".join(stale(args.out, args.against)))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    (decide if args.decisions else run)(args.images, args.rates, args.effort, args.out, args.crop)
+    if args.decisions:
+        decide(args.images, args.rates, args.effort, args.out, args.crop)
+    else:
+        run(args.images, args.rates, args.effort, args.out, args.crop, args.arms)
 
 
 if __name__ == "__main__":

@@ -402,21 +402,30 @@ SCALE_SEARCH = 4  # ... judged at the calibrated spread-scale code and this many
 _ZERO_SYMBOL = int(quantize(np.zeros(1), 1.0)[0])
 
 
-def auto_delta(bits_per_pixel: float, texture: float) -> float:
-    """The quantizer step of the first adaptive step for a rate and a photo's `block_texture` (encoder choice;
-    written to the header).
+def automatic_step(bits_per_pixel: float) -> float:
+    """The first adaptive step's quantizer step for a rate, before the photo's texture moves it (`auto_delta`).
 
     Coarse steps make each row cheap, so more rows fit. Measured on four Kodak 256 px crops against the former
     fixed 0.14: 0.8 is best at 0.05 and 0.1 bpp (+0.2 / +0.85 dB), 0.4-0.56 at 0.2 bpp (+1.1 dB). Hence
-    0.08 / bpp, at most 0.8. Smooth content needs finer steps (most innovations fall below a coarse one): from
-    SMOOTH_FROM_BPP on, a photo whose texture is below SMOOTH_TEXTURE starts at half of it, exactly where the test
-    for starting again (`_start_finer`) would send it after two steps spent. Others adapt step by step
-    (`_encode_with_delta`).
+    0.08 / bpp, at most 0.8.
     """
-    textured = float(np.clip(0.08 / bits_per_pixel, AUTO_DELTA_MIN, 0.8))
-    if texture < SMOOTH_TEXTURE and bits_per_pixel >= SMOOTH_FROM_BPP:
-        return half_step(textured)
-    return textured
+    return float(np.clip(0.08 / bits_per_pixel, AUTO_DELTA_MIN, 0.8))
+
+
+def auto_delta(bits_per_pixel: float, texture: float) -> float:
+    """The quantizer step of the first adaptive step for a rate and a photo's `block_texture` (encoder choice;
+    written to the header): the `automatic_step`, moved by the texture where whole photos measured better.
+
+    Smooth content needs finer steps (most innovations fall below a coarse one): from TEXTURE_RATE_BPP on, a photo
+    whose texture is below SMOOTH_TEXTURE starts at half the step, exactly where the test for starting again
+    (`_start_finer`) would send it after two steps spent. Busy content at low rates needs coarser ones: below
+    TEXTURE_RATE_BPP, a photo whose texture is at least BUSY_TEXTURE starts one refinement coarser (x 2^(1/2)),
+    so that its budget buys more, cheaper rows over more steps. Others adapt step by step (`_encode_with_delta`).
+    """
+    step = automatic_step(bits_per_pixel)
+    if bits_per_pixel >= TEXTURE_RATE_BPP:
+        return half_step(step) if texture < SMOOTH_TEXTURE else step
+    return step_delta(step, REFINE_CODES) if texture >= BUSY_TEXTURE else step
 
 
 def half_step(delta: float) -> float:
@@ -428,9 +437,14 @@ def half_step(delta: float) -> float:
 #: (0.059-0.078; the other 14: 0.089-0.164) all started again at 0.1 bpp at every effort, gaining 0.36-1.01 dB at
 #: effort 1 (both choices encoded: examples/results/RESULTS.md "Smooth photos start at half the step").
 SMOOTH_TEXTURE = 0.085
-#: ... from this rate on: it was measured at 0.1 and 0.2 bpp, and at 0.05 bpp starting at half lost on 9 of the 10
-#: (effort 1); set midway.
-SMOOTH_FROM_BPP = 0.075
+#: From this `block_texture` on a photo starts one refinement above the automatic step below TEXTURE_RATE_BPP. At
+#: 0.05 bpp the 5 Kodak photos at or above it (0.104-0.164) gained 0.02-0.29 dB at effort 1, the 9 other textured
+#: ones (0.089-0.099) lost 0.01-0.12 (examples/results/RESULTS.md "Busy photos start coarser at low rates").
+BUSY_TEXTURE = 0.1
+#: The smooth rule holds from this rate on, the busy one below it. Smooth photos were measured at 0.1 and 0.2 bpp,
+#: and at 0.05 bpp starting at half lost on 9 of their 10 (effort 1); busy ones gained at 0.05 bpp and lost at 0.1
+#: (kodim01 -0.30, kodim05 -0.03 dB, effort 1). Set midway.
+TEXTURE_RATE_BPP = 0.075
 TEXTURE_BLOCK = 16  # pixels: FFDNet's tile, the base layer's block means
 TEXTURE_BAND_VALUES = 1 << 22  # pixel values per pass of block_texture (32 MiB as float64)
 
@@ -737,12 +751,16 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
         raise ValueError(f"model {model_id} needs a tile size that is a multiple of {prior.tile_multiple}")
     # An automatic quantizer step adapts to the content (§12): a step too coarse for smooth content leaves most
     # innovations below it and the budget would take dozens of steps (each a full round of sampling), so a smooth
-    # photo starts at half of it (`auto_delta`) and the encoder starts again at half of it (judged after two steps)
-    # or refines it from step to step. An explicit step is the caller's choice and is kept. Raw coding (the paper's)
-    # sends every measurement as one byte whatever the step, so its chunk sizes say nothing about the step (which
-    # then only sets the base layer's) and it is kept as well.
+    # photo starts at half of it (a busy one at a low rate coarser: `auto_delta`) and the encoder starts again at
+    # half of it (judged after two steps) or refines it from step to step. An explicit step is the caller's choice
+    # and is kept. Raw coding (the paper's) sends every measurement as one byte whatever the step, so its chunk sizes
+    # say nothing about the step (which then only sets the base layer's): it keeps the rate's `automatic_step`.
     adapts = cfg.delta is None and cfg.coding != "raw"
-    delta = auto_delta(8 * budget / (h * w), block_texture(colour)) if cfg.delta is None else cfg.delta
+    bits_per_pixel = 8 * budget / (h * w)
+    if cfg.delta is not None:
+        delta = cfg.delta
+    else:
+        delta = auto_delta(bits_per_pixel, block_texture(colour)) if adapts else automatic_step(bits_per_pixel)
     evaluations = 0
     while True:
         restart = adapts and delta > AUTO_DELTA_MIN

@@ -128,16 +128,20 @@ def test_bfloat16_precision_is_written_and_followed_by_the_decoder(crop64, encod
 
 SMOOTH_KODAK = {"kodim02", "kodim03", "kodim04", "kodim09", "kodim10", "kodim12", "kodim16", "kodim17", "kodim22",
                 "kodim23"}  # the photos that started again at 0.1 bpp at every effort under the test after two steps
+BUSY_KODAK = {"kodim01", "kodim05", "kodim08", "kodim13", "kodim24"}  # gained by starting coarser at 0.05 bpp
 
 
-def test_the_smooth_kodak_photos_are_those_below_the_texture_threshold():
-    """The threshold sits in a gap between the photos (0.078 to 0.089), not at one of them."""
+def test_the_smooth_and_busy_kodak_photos_are_those_beyond_the_texture_thresholds():
+    """Each threshold sits in a gap between the photos (0.078 to 0.089; 0.099 to 0.104), not at one of them."""
     textures = {path.stem: codec.block_texture(np.asarray(Image.open(path).convert("RGB")))
                 for path in sorted(kodak_dir().glob("kodim*.png"))}
     assert len(textures) == 24
     assert {name for name, texture in textures.items() if texture < codec.SMOOTH_TEXTURE} == SMOOTH_KODAK
     assert max(textures[n] for n in SMOOTH_KODAK) < 0.079
     assert min(texture for name, texture in textures.items() if name not in SMOOTH_KODAK) > 0.089
+    assert {name for name, texture in textures.items() if texture >= codec.BUSY_TEXTURE} == BUSY_KODAK
+    assert max(texture for name, texture in textures.items() if name not in BUSY_KODAK) < 0.0995
+    assert min(textures[n] for n in BUSY_KODAK) > 0.104
 
 
 def test_block_texture_is_the_rms_about_the_block_means():
@@ -158,18 +162,29 @@ def test_block_texture_in_bands_of_block_rows_gives_the_same_value(monkeypatch):
 
 
 @pytest.mark.parametrize("bits_per_pixel, texture, delta", [
-    (0.05, 0.1, 0.8), (0.1, 0.1, 0.8), (0.2, 0.1, 0.4),  # textured: 0.08 / bpp, at most 0.8
-    (0.05, 0.06, 0.8), (0.1, 0.06, 0.4), (0.2, 0.06, 0.2),  # smooth: half of it, from SMOOTH_FROM_BPP on
-    (4.0, 0.06, codec.AUTO_DELTA_MIN)])
-def test_smooth_photos_start_at_half_the_automatic_step(bits_per_pixel, texture, delta):
+    (0.05, 0.09, 0.8), (0.1, 0.09, 0.8), (0.2, 0.09, 0.4),  # textured: 0.08 / bpp, at most 0.8
+    (0.05, 0.06, 0.8), (0.1, 0.06, 0.4), (0.2, 0.06, 0.2),  # smooth: half of it, from TEXTURE_RATE_BPP on
+    (4.0, 0.06, codec.AUTO_DELTA_MIN),
+    (0.05, 0.15, 0.8 * 2 ** 0.5), (0.02, 0.1, 0.8 * 2 ** 0.5),  # busy: one refinement coarser, below it
+    (0.1, 0.15, 0.8), (0.2, 0.15, 0.4)])
+def test_the_automatic_step_moves_with_the_texture(bits_per_pixel, texture, delta):
     assert codec.auto_delta(bits_per_pixel, texture) == pytest.approx(delta)
+    assert codec.automatic_step(bits_per_pixel) == pytest.approx(min(0.8, max(0.08 / bits_per_pixel, 0.05)))
+
+
+def test_a_busy_photo_starts_one_refinement_above_the_automatic_step():
+    """Coarser by exactly what one refinement of an adaptive step makes finer (REFINE_CODES delta codes)."""
+    busy = codec.auto_delta(0.05, codec.BUSY_TEXTURE)
+    assert busy == codec.step_delta(codec.automatic_step(0.05), codec.REFINE_CODES)
+    assert codec.auto_delta(0.05, np.nextafter(codec.BUSY_TEXTURE, 0)) == codec.automatic_step(0.05)
+    assert codec.auto_delta(codec.TEXTURE_RATE_BPP, 1.0) == codec.automatic_step(codec.TEXTURE_RATE_BPP)
 
 
 @pytest.mark.parametrize("bits_per_pixel", [8 * int(0.1 * 768 * 512 / 8) / (768 * 512), 0.2, 0.3])
 def test_a_smooth_photo_starts_exactly_where_starting_again_would_go(bits_per_pixel):
     """The same step as the encode that starts again after two steps (so the same file, for two steps less); the
     budget of 0.1 bpp on a Kodak photo is 0.099996 bpp, where 0.04 / bpp would not be clipped to 0.4."""
-    textured = codec.auto_delta(bits_per_pixel, 1.0)
+    textured = codec.auto_delta(bits_per_pixel, 0.09)
     assert codec.auto_delta(bits_per_pixel, 0.06) == max(textured / 2, codec.AUTO_DELTA_MIN)
 
 
@@ -181,6 +196,14 @@ def test_the_encoder_starts_at_the_automatic_step_of_its_texture():
         texture = codec.block_texture(pixels)
         assert header.delta == pytest.approx(codec.auto_delta(1.0, texture))
     assert codec.block_texture(smooth) < codec.SMOOTH_TEXTURE <= codec.block_texture(textured)
+
+
+def test_a_busy_photo_at_a_low_rate_starts_coarser():
+    busy = kodak_crop("kodim08", (256, 256))
+    assert codec.block_texture(busy) >= codec.BUSY_TEXTURE
+    header = read_file(codec.encode(busy, rate=0.05, config=replace(FAST, max_steps=1)).data).header
+    bits_per_pixel = 8 * int(0.05 * 256 * 256 / 8) / (256 * 256)
+    assert header.delta == pytest.approx(codec.step_delta(codec.automatic_step(bits_per_pixel), codec.REFINE_CODES))
 
 
 def _delta_codes(data: bytes) -> list[int]:
@@ -262,13 +285,15 @@ def test_the_encoder_judges_starting_again_at_the_restart_pace(crop64, monkeypat
 
 def test_raw_coding_keeps_the_automatic_step(crop64, monkeypatch):
     """A raw chunk holds one byte per row whatever the step, so its size says nothing about the step: the encoder
-    neither starts again nor refines (the step then only sets the base layer's, at the rate's automatic value)."""
+    neither starts again nor refines, and the photo's texture does not move it (the step then only sets the base
+    layer's, at the rate's automatic value)."""
     judged = []
     monkeypatch.setattr(codec, "_start_finer", lambda *args: judged.append("restart") or True)
     monkeypatch.setattr(codec, "_off_pace", lambda *args: judged.append("refine") or True)
     raw = codec.encode(crop64, rate=0.6, config=replace(FAST, coding="raw", rows_per_step=(0.5,)))
     assert judged == [] and raw.steps > 3
-    automatic = codec.auto_delta(8 * int(0.6 * 64 * 64 / 8) / (64 * 64), codec.block_texture(crop64))
+    assert codec.block_texture(crop64) < codec.SMOOTH_TEXTURE  # the texture, measured for innovations, is ignored
+    automatic = codec.automatic_step(8 * int(0.6 * 64 * 64 / 8) / (64 * 64))
     assert read_file(raw.data).header.delta == pytest.approx(automatic)
     assert {chunk.params[1:] for chunk in read_file(raw.data).data[1:]} == {b""}
 

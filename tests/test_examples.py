@@ -141,6 +141,17 @@ def test_restart_study_forces_both_choices_and_scores_rules(tmp_path, capsys):
     assert len(a["first2"]) == 2 and a["remaining2"] > 0 and a["bpp"] <= 0.6 and b["bpp"] <= 0.6
 
 
+def test_restart_study_arm_c_starts_coarser(tmp_path):
+    """`--arms C` encodes only arm C, which starts at sqrt(2) times the textured photos' automatic step."""
+    study = _example("restart_study")
+    from pillow_psc import codec
+
+    study.main(["--images", "kodim05", "--rates", "0.6", "--crop", "64", "--arms", "C", "--out", str(tmp_path)])
+    record, = [json.loads(line) for line in (tmp_path / "arms.jsonl").read_text().splitlines()]
+    assert record["arm"] == "C" and record["bpp"] <= 0.6
+    assert record["delta"] == pytest.approx(codec.auto_delta(0.6, math.inf) * math.sqrt(2), rel=1e-3)
+
+
 def test_restart_study_scores_a_rule_by_the_arm_it_picks(tmp_path):
     """A photo whose budget would take 10 steps gains by starting again, one that would take 3 loses: the pace (8
     steps at 0.1 bpp) picks the better arm on both, and pays arm A's two steps for the restart; the current rule
@@ -163,6 +174,29 @@ def test_restart_study_scores_a_rule_by_the_arm_it_picks(tmp_path):
             "evaluations, 1 start again") in text  # (160 + 256) / 2
     assert "- never start again: 24.500 dB, 256 evaluations, 0 start again" in text
     assert "| kodim05 | 3.0 | 0.1400 | -1.00 |" in text and "| kodim02 | 10.0 | 0.0600 | +1.00 |" in text
+
+
+def test_restart_study_scores_busy_photos_at_low_rates_by_arm_c(tmp_path):
+    """Below TEXTURE_RATE_BPP a busy photo starts one refinement coarser: the current rule takes its arm-C record,
+    and is not scored while that record is missing."""
+    study = _example("restart_study")
+    common = {"image": "kodim08", "rate": 0.05, "effort": 1, "bpp": 0.05, "encode_s": 1.0, "texture": 0.16}
+    records = [{**common, "arm": "A", "psnr": 17.6, "evaluations": 64, "chunk_bytes": [900, 600, 500], "delta": 0.8,
+                "first2": [600, 500], "remaining2": 10},
+               {**common, "arm": "B", "psnr": 17.2, "evaluations": 96, "chunk_bytes": [900] * 4, "delta": 0.4}]
+    (tmp_path / "arms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert "- current rule: not scored (1 busy photos start coarser; arm C missing)" in study.summarise([tmp_path])
+    records.append({**common, "arm": "C", "psnr": 17.9, "evaluations": 96, "chunk_bytes": [900] * 4, "delta": 1.13})
+    (tmp_path / "arms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = study.summarise([tmp_path])
+    assert "arm C; else more than the pace): 17.900 dB, 96 evaluations, 0 start again" in text
+    assert "| kodim08 | 2.0 | 0.1600 | -0.40 | +0.30 |" in text
+
+
+def test_restart_study_refuses_an_unknown_arm(tmp_path):
+    with pytest.raises(SystemExit):
+        _example("restart_study").main(["--arms", "AZ", "--out", str(tmp_path)])
+    assert not (tmp_path / "arms.jsonl").exists()
 
 
 def test_restart_study_decisions_stop_after_two_steps_and_name_the_records_to_redo(tmp_path):
