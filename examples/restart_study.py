@@ -17,7 +17,8 @@ the chunk sizes under a quarter of the rest), the pace alone (more steps than th
 the current rule (smooth photos, `codec.block_texture` below `codec.SMOOTH_TEXTURE`, start at half the step without
 the test's two steps; busy ones below `codec.TEXTURE_RATE_BPP` start one refinement coarser, arm C, where it was
 encoded; the others by the pace) and fixed step counts in place of the pace. The arms ignore the texture: A starts at
-`codec.automatic_step`, B at half of it, C (`--arms C`, for busy photos) at 2^(1/2) times it.
+`codec.automatic_step`, B at half of it, C (`--arms C`, for busy photos) at 2^(1/2) times it, D (for smooth
+photos) at 2^(-1/2) times B's.
 
 `--decisions` is the cheap half, for when a rule changes after records were made: each encode stops after its second
 adaptive step and `decisions.jsonl` gets those numbers and what the current and former rules decide. `--against
@@ -44,8 +45,9 @@ KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 
 
 #: The arms' first quantizer steps, as factors of `codec.automatic_step`: A keeps it, B starts at half of it (where
-#: starting again goes), C one refinement coarser (where busy photos start at low rates, `codec.auto_delta`).
-ARM_FACTORS = {"A": 1.0, "B": 0.5, "C": math.sqrt(2)}
+#: starting again goes), C one refinement coarser (where busy photos start at low rates, `codec.auto_delta`), D one
+#: refinement finer than B (for smooth photos; it lost at 0.1 bpp).
+ARM_FACTORS = {"A": 1.0, "B": 0.5, "C": math.sqrt(2), "D": 0.5 / math.sqrt(2)}
 
 
 def encode_arm(pixels: np.ndarray, rate: float, effort: int, arm: str) -> dict:
@@ -212,13 +214,18 @@ def summarise(folders: list[Path]) -> str:
             lines.append(f"- current rule (texture below {codec.SMOOTH_TEXTURE}: half the step at once; else more than "
                          f"the pace): {score(current, smooth)}")
         lines += [f"- more than {limit} steps: {score([s > limit for s in steps])}" for limit in (6, 7, 8, 9, 10, 12)]
-        lines += ["", "| photo | steps at the 2nd chunk's size (arm A) | texture | B − A (dB) | C − A (dB) |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {name} | {s:.1f} | {p['A']['texture']:.4f} | {p['B']['psnr'] - p['A']['psnr']:+.2f} | "
-                  + (f"{p['C']['psnr'] - p['A']['psnr']:+.2f} |" if "C" in p else "|")
+        others = [arm for arm in ARM_FACTORS if arm != "A"]
+        header = ["photo", "steps at the 2nd chunk's size (arm A)", "texture"] + [f"{arm} − A (dB)" for arm in others]
+        lines += ["", _row(header), _row(["---"] * len(header))]
+        lines += [_row([name, f"{s:.1f}", f"{p['A']['texture']:.4f}"]
+                       + [f"{p[arm]['psnr'] - p['A']['psnr']:+.2f}" if arm in p else "" for arm in others])
                   for s, (name, p) in sorted(zip(steps, complete.items()))]
         lines.append("")
     return "\n".join(lines)
+
+
+def _row(cells: list[str]) -> str:
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,15 +141,16 @@ def test_restart_study_forces_both_choices_and_scores_rules(tmp_path, capsys):
     assert len(a["first2"]) == 2 and a["remaining2"] > 0 and a["bpp"] <= 0.6 and b["bpp"] <= 0.6
 
 
-def test_restart_study_arm_c_starts_coarser(tmp_path):
-    """`--arms C` encodes only arm C, which starts at sqrt(2) times the textured photos' automatic step."""
+@pytest.mark.parametrize("arm, factor", [("C", math.sqrt(2)), ("D", 0.5 / math.sqrt(2))])
+def test_restart_study_other_arms_start_coarser_or_finer(tmp_path, arm, factor):
+    """`--arms C` (or D) encodes only that arm, which starts at its factor times the automatic step."""
     study = _example("restart_study")
     from pillow_psc import codec
 
-    study.main(["--images", "kodim05", "--rates", "0.6", "--crop", "64", "--arms", "C", "--out", str(tmp_path)])
+    study.main(["--images", "kodim05", "--rates", "0.6", "--crop", "64", "--arms", arm, "--out", str(tmp_path)])
     record, = [json.loads(line) for line in (tmp_path / "arms.jsonl").read_text().splitlines()]
-    assert record["arm"] == "C" and record["bpp"] <= 0.6
-    assert record["delta"] == pytest.approx(codec.auto_delta(0.6, math.inf) * math.sqrt(2), rel=1e-3)
+    assert record["arm"] == arm and record["bpp"] <= 0.6
+    assert record["delta"] == pytest.approx(codec.automatic_step(0.6) * factor, rel=1e-3)
 
 
 def test_restart_study_scores_a_rule_by_the_arm_it_picks(tmp_path):
@@ -190,7 +191,7 @@ def test_restart_study_scores_busy_photos_at_low_rates_by_arm_c(tmp_path):
     (tmp_path / "arms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     text = study.summarise([tmp_path])
     assert "arm C; else more than the pace): 17.900 dB, 96 evaluations, 0 start again" in text
-    assert "| kodim08 | 2.0 | 0.1600 | -0.40 | +0.30 |" in text
+    assert "| kodim08 | 2.0 | 0.1600 | -0.40 | +0.30 | |" in text  # B, C and D (not run) against A
 
 
 def test_restart_study_refuses_an_unknown_arm(tmp_path):
