@@ -46,8 +46,8 @@ KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 
 #: The arms' first quantizer steps, as factors of `codec.automatic_step`: A keeps it, B starts at half of it (where
 #: starting again goes), C one refinement coarser (where busy photos start at low rates, `codec.auto_delta`), D one
-#: refinement finer than B (for smooth photos; it lost at 0.1 bpp).
-ARM_FACTORS = {"A": 1.0, "B": 0.5, "C": math.sqrt(2), "D": 0.5 / math.sqrt(2)}
+#: refinement finer than B (for smooth photos; it lost at 0.1 bpp), E two refinements coarser (for the busiest).
+ARM_FACTORS = {"A": 1.0, "B": 0.5, "C": math.sqrt(2), "D": 0.5 / math.sqrt(2), "E": 2.0}
 
 
 def encode_arm(pixels: np.ndarray, rate: float, effort: int, arm: str) -> dict:

@@ -141,9 +141,9 @@ def test_restart_study_forces_both_choices_and_scores_rules(tmp_path, capsys):
     assert len(a["first2"]) == 2 and a["remaining2"] > 0 and a["bpp"] <= 0.6 and b["bpp"] <= 0.6
 
 
-@pytest.mark.parametrize("arm, factor", [("C", math.sqrt(2)), ("D", 0.5 / math.sqrt(2))])
+@pytest.mark.parametrize("arm, factor", [("C", math.sqrt(2)), ("D", 0.5 / math.sqrt(2)), ("E", 2.0)])
 def test_restart_study_other_arms_start_coarser_or_finer(tmp_path, arm, factor):
-    """`--arms C` (or D) encodes only that arm, which starts at its factor times the automatic step."""
+    """`--arms C` (D, E) encodes only that arm, which starts at its factor times the automatic step."""
     study = _example("restart_study")
     from pillow_psc import codec
 
@@ -191,7 +191,7 @@ def test_restart_study_scores_busy_photos_at_low_rates_by_arm_c(tmp_path):
     (tmp_path / "arms.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     text = study.summarise([tmp_path])
     assert "arm C; else more than the pace): 17.900 dB, 96 evaluations, 0 start again" in text
-    assert "| kodim08 | 2.0 | 0.1600 | -0.40 | +0.30 | |" in text  # B, C and D (not run) against A
+    assert "| kodim08 | 2.0 | 0.1600 | -0.40 | +0.30 | | |\n" in text  # B, C, D and E (not run) against A
 
 
 def test_restart_study_refuses_an_unknown_arm(tmp_path):
