@@ -1,6 +1,7 @@
 """When should an automatic quantizer step start again at half of it? Both choices, forced, on whole Kodak photos.
 
     python examples/restart_study.py --effort 1 --rates 0.1 --out examples/results/restart_study
+    python examples/restart_study.py --effort 1 --rates 0.05 --arms C --images kodim08 --out examples/results/restart_study
     python examples/restart_study.py --summarise examples/results/restart_study
     python examples/restart_study.py --decisions --effort 3 --rates 0.1 --out DIR
     python examples/restart_study.py --against examples/results/kodak24_latest --out DIR
@@ -18,7 +19,7 @@ the current rule (smooth photos, `codec.block_texture` below `codec.SMOOTH_TEXTU
 the test's two steps; busy ones below `codec.TEXTURE_RATE_BPP` start one refinement coarser, arm C, where it was
 encoded; the others by the pace) and fixed step counts in place of the pace. The arms ignore the texture: A starts at
 `codec.automatic_step`, B at half of it, C (`--arms C`, for busy photos) at 2^(1/2) times it, D (for smooth
-photos) at 2^(-1/2) times B's.
+photos) at 2^(-1/2) times B's, E at twice A's (`ARM_FACTORS`).
 
 `--decisions` is the cheap half, for when a rule changes after records were made: each encode stops after its second
 adaptive step and `decisions.jsonl` gets those numbers and what the current and former rules decide. `--against
