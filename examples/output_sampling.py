@@ -5,8 +5,9 @@
 The output is sampled after the last step and changes neither the rows nor the measurements, so each photo is
 encoded once and its final state decoded with every variant: the header's output fields are replaced, as a file
 written with them would say. One JSON line per photo and rate: PSNR of each variant ("8x12": 8 samples of 12
-sampler steps) and its gain over the first. `--crop N` takes an N x N centre crop. The "Output sampling"
-table of examples/results/RESULTS.md came from this measurement (whole photos, and 320 px crops).
+sampler steps, in antithetic pairs as format version 9 draws them; "8x12i": independent ones, as version 8 did)
+and its gain over the first. `--crop N` takes an N x N centre crop. The "Output sampling" and "Antithetic output
+samples" sections of examples/results/RESULTS.md came from this measurement.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from pillow_psc.samplers import karras_sigmas
 KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 
 
-def output_psnr(encoded: pillow_psc.codec.Encoded, original: np.ndarray, samples: int, steps: int) -> float:
-    """PSNR of the `mean` output with `samples` output samples of `steps` sampler steps."""
+def output_psnr(encoded: pillow_psc.codec.Encoded, original: np.ndarray, variant: str) -> float:
+    """PSNR of the `mean` output of a variant "SAMPLESxSTEPS", with a trailing "i" for independent samples."""
+    samples, steps = (int(v) for v in variant.rstrip("i").split("x"))
     state = encoded.state
     header, sigmas = state.header, state.output_sigmas
-    state.header = dataclasses.replace(header, output_samples=samples, output_sampler_steps=steps)
+    version = 8 if variant.endswith("i") else header.version
+    state.header = dataclasses.replace(header, output_samples=samples, output_sampler_steps=steps, version=version)
     state.output_sigmas = karras_sigmas(steps, header.sigma_max, header.sigma_min)
     try:
         return psnr(encoded.reconstruct("mean"), original)
@@ -42,22 +45,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", nargs="+", default=["kodim05", "kodim19", "kodim23"])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1])
-    parser.add_argument("--variants", nargs="+", default=["4x6", "8x12", "4x12", "4x24", "8x24"],
-                        help="SAMPLESxSTEPS; gains are against the first")
+    parser.add_argument("--variants", nargs="+", default=["8x12i", "2x12", "4x12", "8x12"],
+                        help="SAMPLESxSTEPS[i] (i: independent samples, as format version 8); gains against the first")
+    parser.add_argument("--effort", type=int, choices=sorted(pillow_psc.codec.EFFORTS),
+                        default=pillow_psc.codec.DEFAULT_EFFORT)
     parser.add_argument("--precision", choices=pillow_psc.container.PRECISIONS, default="float32")
     parser.add_argument("--crop", type=int, help="centre crop N x N (default: whole photos)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = [tuple(int(v) for v in name.split("x")) for name in args.variants]
     for rate in args.rates:
         for name in args.images:
             original = load_image(KODAK / f"{name}.png", args.crop)
-            encoded = pillow_psc.encode(original, rate=rate, config=pillow_psc.CodecConfig(precision=args.precision))
-            scores = {f"{n}x{s}": round(output_psnr(encoded, original, n, s), 3) for n, s in variants}
+            config = pillow_psc.CodecConfig(precision=args.precision, effort=args.effort)
+            encoded = pillow_psc.encode(original, rate=rate, config=config)
+            scores = {variant: round(output_psnr(encoded, original, variant), 3) for variant in args.variants}
             first = scores[args.variants[0]]
-            print(json.dumps({"image": name, "rate": rate, "crop": args.crop, "psnr": scores,
+            print(json.dumps({"image": name, "rate": rate, "crop": args.crop, "effort": args.effort, "psnr": scores,
                               "gain": {k: round(v - first, 3) for k, v in scores.items()}}), flush=True)
 
 

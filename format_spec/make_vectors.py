@@ -156,6 +156,8 @@ LEGACY = {
     "v7_rgb_32x32_coarse.psc": ("rgb_32x32_coarse.psc as written in format version 7 (half-resolution estimates "
                                 "upsampled by torch's bilinear kernel)",
                                 "676c2e8fcae55da05c8b87eacc57dc13c99012b51614f1c07252c4c781593e4a"),
+    "v8_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 8 (output samples each draw their own noise)",
+                         "4bfb54383144deb8696b20f2fc8baded11c23c0722eb8b950bb50c64f1d60cc0"),
 }
 
 
@@ -289,7 +291,7 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_9.psc", replace_head(base, lambda p: p.__setitem__(0, 9)), "format version 9, CRC recomputed",
+        ("version_10.psc", replace_head(base, lambda p: p.__setitem__(0, 10)), "format version 10, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
         ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-8, 2)),
          "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),

@@ -51,15 +51,17 @@ class Effort(NamedTuple):
 #: denoiser evaluations per window and step. At 0.1 bpp (bfloat16) against 8 x 6, on the whole kodim02: 5 x 3
 #: spent 31 % of the evaluations for -1.90 dB, 5 x 4 47 % for -0.39 dB, 6 x 4 50 % for -0.37 dB, 8 x 3 44 % for
 #: -1.33 dB. Sampler steps matter more than samples: on kodim19 and kodim23 (format 6) 4 x 4 measured +0.92 and
-#: +0.16 dB over 5 x 3 (3 x 4: +0.54 and -0.33 dB). Averaging 4 output samples instead of 8 cost 0.03-0.07 dB
-#: on kodim05, 19 and 23 for half the output's evaluations. Effort 1 also denoises the first noise level at half
+#: +0.16 dB over 5 x 3 (3 x 4: +0.54 and -0.33 dB). The output samples come in antithetic pairs (format 9): on
+#: whole Kodak photos at 0.1 bpp (effort 1) 2 of them gained 0.03-0.05 dB over the 4 independent ones effort 1 had,
+#: 4 of them 0.03-0.06 dB; at effort 3 4 matched or beat 8 independent ones, for half the output's evaluations
+#: (examples/results/RESULTS.md "Antithetic output samples"). Effort 1 also denoises the first noise level at half
 #: resolution (format 7, `coarse`): on 8 whole Kodak photos (float32, same machine) +0.11 dB (-0.00..+0.23) for
 #: about 19 % less encoder time; at a threshold of 0.1 (two of its four levels) -0.17 / -0.22 dB on kodim23 / 19,
 #: and a quarter resolution for the first level -0.49 / -0.07 dB. Effort 2 was 5 x 4 (only 0.03 dB above effort 1
 #: on 8 whole photos); 4 x 6 with the half-resolution level and 8 output samples measured, on all 24 Kodak photos at
 #: 0.1 bpp (float32), the default's quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24
 #: better). More: examples/results/RESULTS.md "Effort".
-EFFORTS = {1: Effort(4, 2 / 3, 4, True), 2: Effort(4, 1.0, 8, True), 3: Effort(8, 1.0, 8, False)}
+EFFORTS = {1: Effort(4, 2 / 3, 2, True), 2: Effort(4, 1.0, 4, True), 3: Effort(8, 1.0, 4, False)}
 DEFAULT_EFFORT = 3
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
 #: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (effort
@@ -93,8 +95,9 @@ class CodecConfig:
 
 
 #: The paper's method (Elata et al. 2024, pixel-space setup) on this codec: 16 samples, 25 sampler steps, eta 1,
-#: the low-distortion output as the mean of 64 samples, and every measurement sent as
-#: one raw float8 byte (no prediction, no entropy model). Kept for comparison (`psc bench`, `psc encode --paper`).
+#: the low-distortion output as the mean of 64 samples (32 antithetic pairs from format 9, PSC.md §6.9: at 64
+#: samples their scatter is small either way), and every measurement sent as one raw float8 byte (no prediction, no
+#: entropy model). Kept for comparison (`psc bench`, `psc encode --paper`).
 PAPER_CONFIG = CodecConfig(samples=16, sampler_steps=25, eta=1.0, output_samples=64, output_sampler_steps=25,
                            coding="raw")
 
@@ -202,10 +205,17 @@ class SensingState:
             return self.grid.from_tiles(tiles, ry, rx)
 
         shape = (self.grid.channels, ry * t, rx * t)
-        gens = [torch.Generator().manual_seed(_derive_seed(self.header.seed, step, index, j)) for j in range(n)]
+        # from version 9 the output's odd samples mirror the noise of the sample before them (antithetic pairs):
+        # their mean cancels the noise's first-order effect, so 2 such samples beat 8 independent ones
+        mirrored = step == OUTPUT_STEP and self.header.version >= 9
+        gens = [None if mirrored and j % 2 else
+                torch.Generator().manual_seed(_derive_seed(self.header.seed, step, index, j)) for j in range(n)]
 
         def noise(_: int) -> torch.Tensor:
-            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+            draws: list[torch.Tensor] = []
+            for g in gens:
+                draws.append(-draws[-1] if g is None else torch.randn(shape, generator=g))
+            return torch.stack(draws).to(self.device)
 
         start = project(torch.full((1, *shape), self.prior.signal_mean, device=self.device)).expand(n, *shape)
         with torch.no_grad():

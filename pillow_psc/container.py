@@ -20,9 +20,10 @@ from typing import BinaryIO, Iterator
 from .errors import CorruptFileError, NotPSCError, UnsupportedFileError
 
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
-FORMAT_VERSION = 8  # written by this build
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision,
-# 5 +delta code, 6 +output_sampler_steps, 7 +coarse_sigma, 8 thread-invariant upsampling (§6.9)
+FORMAT_VERSION = 9  # written by this build
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision,
+# 5 +delta code, 6 +output_sampler_steps, 7 +coarse_sigma, 8 thread-invariant upsampling (§6.9), 9 antithetic
+# output samples (§6.9)
 CODINGS = ("innovation", "raw")  # how adaptive measurements are coded (PSC.md §6.11)
 PRECISIONS = ("float32", "bfloat16")  # arithmetic of the denoiser (PSC.md §6.2)
 MAX_DIMENSION = 65535

@@ -29,7 +29,7 @@ def test_encode_info_decode(tmp_path, capsys):
     png = tmp_path / "dec.png"
     assert main(["decode", str(out), str(png), "--mode", "sample", "--steps", "2"]) == 0
     assert psnr(np.asarray(Image.open(png)), crop) > 18
-    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 8)
+    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 9)
     assert info["output_sampler_steps"] == codec.OUTPUT_STEPS_FACTOR * info["sampler_steps"]
     assert info["coarse_sigma"] == 0.0  # the default effort denoises at full resolution
 
@@ -80,11 +80,11 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
 
 
 def test_encode_effort_sets_the_evaluations_per_step(tmp_path, capsys):
-    """--effort 1 takes 4 samples of two thirds of the prior's sampler steps (FFDNet: 6 -> 4) and 4 output samples;
-    --samples still wins."""
+    """--effort 1 takes 4 samples of two thirds of the prior's sampler steps (FFDNet: 6 -> 4) and 2 output samples
+    (one antithetic pair); --samples still wins."""
     src, out = tmp_path / "in.png", tmp_path / "fast.psc"
     Image.fromarray(kodak_crop("kodim23", (16, 16))).save(src)
-    for argv, expected in ((["--effort", "1"], (4, 4, 4)), (["--effort", "2", "--samples", "3"], (3, 6, 8))):
+    for argv, expected in ((["--effort", "1"], (4, 4, 2)), (["--effort", "2", "--samples", "3"], (3, 6, 4))):
         assert main(["encode", str(src), str(out), "--max-bytes", "200", *argv]) == 0
         capsys.readouterr()
         assert main(["info", str(out), "--json"]) == 0

@@ -64,7 +64,7 @@ def test_effort_sets_samples_sampler_steps_output_samples_and_coarse_sigma_unles
     sampler steps with 8 samples at full resolution; explicit values win; an unknown effort is refused."""
     small = crop64[:16, :16]
     coarse = np.float32(FFDNetPrior.coarse_sigma)
-    for effort, expected in ((1, (4, 4, 4, coarse)), (2, (4, 6, 8, coarse)), (3, (8, 6, 8, 0.0))):
+    for effort, expected in ((1, (4, 4, 2, coarse)), (2, (4, 6, 4, coarse)), (3, (8, 6, 4, 0.0))):
         header = read_file(codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=effort)).data).header
         assert (header.samples, header.sampler_steps, header.output_samples, header.coarse_sigma) == expected
     assert codec.CodecConfig().effort == codec.DEFAULT_EFFORT == 3

@@ -128,7 +128,7 @@ def test_header_byte_layout() -> None:
     """HEAD built by hand from the byte table in PSC.md equals Header.to_bytes."""
     h = header()
     prior, prompt = h.prior_id.encode(), h.prompt.encode()
-    raw = (bytes([8]) + struct.pack(">II", 33, 21) + bytes([3, 1]) + bytes([len(prior)]) + prior + bytes(range(32))
+    raw = (bytes([9]) + struct.pack(">II", 33, 21) + bytes([3, 1]) + bytes([len(prior)]) + prior + bytes(range(32))
            + struct.pack(">Q", 2 ** 64 - 1) + struct.pack(">H", len(prompt)) + prompt + b"\x04ddnm"
            + struct.pack(">HHfffH", 6, 8, 1.0, 75 / 255, 1.5 / 255, 4) + struct.pack(">HHH", 16, 16, 2)
            + b"\x06e4m3fn" + struct.pack(">fB", 0.08, 3) + struct.pack(">3f", 2.0, 1.5, 0.25)
@@ -138,7 +138,7 @@ def test_header_byte_layout() -> None:
     assert len(raw) == fixed + len(prior) + len(prompt) + 4 + 6 + 4 * 3
 
 
-@pytest.mark.parametrize("version", [0, 9, 255])
+@pytest.mark.parametrize("version", [0, 10, 255])
 def test_header_version(version: int) -> None:
     raw = bytearray(header().to_bytes())
     raw[0] = version
@@ -159,7 +159,7 @@ def test_older_versions_are_still_read(version: int, appended: int) -> None:
     assert (back.version, back.coding, back.precision, back.output_sampler_steps, back.coarse_sigma) == (
         version, "raw" if appended else "innovation", "bfloat16" if appended >= 2 else "float32",
         24 if version == 6 else 6, 0.0)
-    assert header().version == C.FORMAT_VERSION == 8
+    assert header().version == C.FORMAT_VERSION == 9
     with pytest.raises(CorruptFileError, match="trailing"):
         C.Header.from_bytes(bytes([version]) + header().to_bytes()[1:])  # version-7 fields in an older header
     with pytest.raises(ValueError, match="coarse_sigma"):

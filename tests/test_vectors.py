@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, UnidentifiedImageError
 
 import pillow_psc
@@ -318,10 +319,10 @@ def test_every_prefix(expected: dict) -> None:
 
 
 @pytest.mark.parametrize("name, version, legacy_calls", [("v7_rgb_32x32_coarse.psc", 7, True),
-                                                         ("rgb_32x32_coarse.psc", 8, False)])
+                                                         ("rgb_32x32_coarse.psc", container.FORMAT_VERSION, False)])
 def test_half_resolution_upsamples_as_the_file_version_says(name: str, version: int, legacy_calls: bool,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """PSC.md §6.9, §15: version 7 upsamples with torch's F.interpolate, version 8 elementwise."""
+    """PSC.md §6.9, §15: version 7 upsamples with torch's F.interpolate, version 8 on elementwise."""
     from pillow_psc import codec
     calls = []
 
@@ -334,3 +335,29 @@ def test_half_resolution_upsamples_as_the_file_version_says(name: str, version: 
     assert container.read_file(data).header.version == version
     pillow_psc.decode_array(data, device="cpu")
     assert bool(calls) == legacy_calls
+
+
+@pytest.mark.parametrize("name, version, mirrored", [("v8_rgb_33x21.psc", 8, False),
+                                                     ("rgb_33x21.psc", container.FORMAT_VERSION, True)])
+def test_output_samples_pair_up_as_the_file_version_says(name: str, version: int, mirrored: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """PSC.md §6.9, §15: from version 9 the output's odd samples take the negated noise of the sample before them;
+    the steps' samples, and every sample of a version-8 file, draw their own."""
+    from pillow_psc import codec
+    draws: list[list[torch.Tensor]] = []
+
+    def recording(denoise, project, start, sigmas, noise, eta):
+        calls = []
+        draws.append(calls)
+        return real(denoise, project, start, sigmas, lambda i: calls.append(noise(i)) or calls[-1], eta)
+
+    real = codec.sample_projected
+    monkeypatch.setattr(codec, "sample_projected", recording)
+    data = (VECTORS / name).read_bytes()
+    header = container.read_file(data).header
+    assert header.version == version and header.output_samples == 2 and len(draws) == 0
+    pillow_psc.decode_array(data, device="cpu")
+    *steps, output = draws  # one window: the last sampling is the output's
+    assert len(output) == header.output_sampler_steps and len(steps) >= 1
+    assert all(torch.equal(e[1], -e[0]) == mirrored for e in output)
+    assert not any(torch.equal(e[1], -e[0]) for calls in steps for e in calls)
