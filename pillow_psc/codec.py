@@ -52,8 +52,8 @@ class Effort(NamedTuple):
 #: spent 31 % of the evaluations for -1.90 dB, 5 x 4 47 % for -0.39 dB, 6 x 4 50 % for -0.37 dB, 8 x 3 44 % for
 #: -1.33 dB. Sampler steps matter more than samples: on kodim19 and kodim23 (format 6) 4 x 4 measured +0.92 and
 #: +0.16 dB over 5 x 3 (3 x 4: +0.54 and -0.33 dB). The output samples come in antithetic pairs (format 9): on
-#: whole Kodak photos at 0.1 bpp (effort 1) 2 of them gained 0.03-0.05 dB over the 4 independent ones effort 1 had,
-#: 4 of them 0.03-0.06 dB; at effort 3 4 matched or beat 8 independent ones, for half the output's evaluations
+#: whole Kodak photos at 0.1 and 0.2 bpp (effort 1) 2 of them gained 0.03-0.06 dB over the 4 independent ones effort
+#: 1 had, 4 of them 0.03-0.08 dB; at effort 3 4 beat 8 independent ones by 0.02 dB, for half the output's evaluations
 #: (examples/results/RESULTS.md "Antithetic output samples"). Effort 1 also denoises the first noise level at half
 #: resolution (format 7, `coarse`): on 8 whole Kodak photos (float32, same machine) +0.11 dB (-0.00..+0.23) for
 #: about 19 % less encoder time; at a threshold of 0.1 (two of its four levels) -0.17 / -0.22 dB on kodim23 / 19,
