@@ -108,7 +108,7 @@ def test_output_sampling_decodes_the_same_state_with_each_variant(capsys):
     record = json.loads(capsys.readouterr().out)
     assert set(record["psnr"]) == {"2x3", "2x3i", "1x2", "1x2i"} and record["gain"]["2x3"] == 0.0
     assert record["psnr"]["2x3"] != record["psnr"]["1x2"] and record["psnr"]["1x2"] > 20 and record["effort"] == 1
-    # a pair mirrors the second sample's noise, independent samples draw their own; one sample has no pair
+    # the second sample of a pair mirrors the first one's noise, independent ones draw their own; one sample has no pair
     assert record["psnr"]["2x3"] != record["psnr"]["2x3i"] and record["psnr"]["1x2"] == record["psnr"]["1x2i"]
 
 

@@ -347,9 +347,14 @@ def test_output_samples_pair_up_as_the_file_version_says(name: str, version: int
     draws: list[list[torch.Tensor]] = []
 
     def recording(denoise, project, start, sigmas, noise, eta):
-        calls = []
+        calls: list[torch.Tensor] = []
         draws.append(calls)
-        return real(denoise, project, start, sigmas, lambda i: calls.append(noise(i)) or calls[-1], eta)
+
+        def recorded_noise(i: int) -> torch.Tensor:
+            calls.append(noise(i))
+            return calls[-1]
+
+        return real(denoise, project, start, sigmas, recorded_noise, eta)
 
     real = codec.sample_projected
     monkeypatch.setattr(codec, "sample_projected", recording)
