@@ -53,10 +53,10 @@ class Effort(NamedTuple):
 #: -1.33 dB. Sampler steps matter more than samples: on kodim19 and kodim23 (format 6) 4 x 4 measured +0.92 and
 #: +0.16 dB over 5 x 3 (3 x 4: +0.54 and -0.33 dB). The output samples come in antithetic pairs (format 9): on
 #: whole Kodak photos at 0.1 and 0.2 bpp (effort 1) 2 of them gained 0.03-0.06 dB over the 4 independent ones effort
-#: 1 had, 4 of them 0.03-0.08 dB; at effort 3 4 beat 8 independent ones by 0.02 dB, for half the output's evaluations
-#: (examples/results/RESULTS.md "Antithetic output samples"). Effort 1 also denoises the first noise level at half
-#: resolution (format 7, `coarse`): on 8 whole Kodak photos (float32, same machine) +0.11 dB (-0.00..+0.23) for
-#: about 19 % less encoder time; at a threshold of 0.1 (two of its four levels) -0.17 / -0.22 dB on kodim23 / 19,
+#: 1 had, 4 of them 0.03-0.08 dB; at efforts 2 and 3 4 beat 8 independent ones by 0.02-0.03 dB, for half the
+#: output's evaluations (examples/results/RESULTS.md "Antithetic output samples"). Effort 1 also denoises the first
+#: noise level at half resolution (format 7, `coarse`): on 8 whole Kodak photos (float32, same machine) +0.11 dB
+#: (-0.00..+0.23) for about 19 % less encoder time; at a threshold of 0.1 (two of its four levels) -0.17 / -0.22 dB on kodim23 / 19,
 #: and a quarter resolution for the first level -0.49 / -0.07 dB. Effort 2 was 5 x 4 (only 0.03 dB above effort 1
 #: on 8 whole photos); 4 x 6 with the half-resolution level and 8 output samples measured, on all 24 Kodak photos at
 #: 0.1 bpp (float32), the default's quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24
