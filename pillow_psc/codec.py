@@ -47,20 +47,20 @@ class Effort(NamedTuple):
     coarse: bool  # denoise at half resolution from the prior's coarse_sigma up
 
 
-#: Encoder effort, like cjxl's -e or avifenc's --speed. Samples x a share of the prior's sampler steps is the
-#: denoiser evaluations per window and step. At 0.1 bpp (bfloat16) against 8 x 6, on the whole kodim02: 5 x 3
-#: spent 31 % of the evaluations for -1.90 dB, 5 x 4 47 % for -0.39 dB, 6 x 4 50 % for -0.37 dB, 8 x 3 44 % for
-#: -1.33 dB. Sampler steps matter more than samples: on kodim19 and kodim23 (format 6) 4 x 4 measured +0.92 and
-#: +0.16 dB over 5 x 3 (3 x 4: +0.54 and -0.33 dB). The output samples come in antithetic pairs (format 9): on
-#: whole Kodak photos at 0.1 and 0.2 bpp (effort 1) 2 of them gained 0.03-0.06 dB over the 4 independent ones effort
-#: 1 had, 4 of them 0.03-0.08 dB; at efforts 2 and 3 4 beat 8 independent ones by 0.02-0.03 dB, for half the
-#: output's evaluations (examples/results/RESULTS.md "Antithetic output samples"). Effort 1 also denoises the first
-#: noise level at half resolution (format 7, `coarse`): on 8 whole Kodak photos (float32, same machine) +0.11 dB
-#: (-0.00..+0.23) for about 19 % less encoder time; at a threshold of 0.1 (two of its four levels) -0.17 / -0.22 dB on kodim23 / 19,
-#: and a quarter resolution for the first level -0.49 / -0.07 dB. Effort 2 was 5 x 4 (only 0.03 dB above effort 1
-#: on 8 whole photos); 4 x 6 with the half-resolution level and 8 output samples measured, on all 24 Kodak photos at
-#: 0.1 bpp (float32), the default's quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24
-#: better). More: examples/results/RESULTS.md "Effort".
+#: Encoder effort, like cjxl's -e or avifenc's --speed. Samples x a share of the prior's sampler steps is the denoiser
+#: evaluations per window and step. At 0.1 bpp (bfloat16) against 8 x 6, on the whole kodim02: 5 x 3 spent 31 % of the
+#: evaluations for -1.90 dB, 5 x 4 47 % for -0.39 dB, 6 x 4 50 % for -0.37 dB, 8 x 3 44 % for -1.33 dB. Sampler steps
+#: matter more than samples: on kodim19 and kodim23 (format 6) 4 x 4 measured +0.92 and +0.16 dB over 5 x 3 (3 x 4:
+#: +0.54 and -0.33 dB). The output samples come in antithetic pairs (format 9): on whole Kodak photos at 0.1 and 0.2 bpp
+#: (effort 1) 2 of them gained 0.03-0.06 dB over the 4 independent ones effort 1 had, 4 of them 0.03-0.08 dB; at efforts
+#: 2 and 3 4 beat 8 independent ones by 0.02-0.03 dB, for half the output's evaluations (examples/results/RESULTS.md
+#: "Antithetic output samples"). Effort 1 also denoises the first noise level at half resolution (format 7, `coarse`):
+#: on 8 whole Kodak photos (float32, same machine) +0.11 dB (-0.00..+0.23) for about 19 % less encoder time; at a
+#: threshold of 0.1 (two of its four levels) -0.17 / -0.22 dB on kodim23 / 19, and a quarter resolution for the first
+#: level -0.49 / -0.07 dB. Effort 2 was 5 x 4 (only 0.03 dB above effort 1 on 8 whole photos); 4 x 6 with the
+#: half-resolution level and 8 output samples measured, on all 24 Kodak photos at 0.1 bpp (float32), the default's
+#: quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24 better). More:
+#: examples/results/RESULTS.md "Effort".
 EFFORTS = {1: Effort(4, 2 / 3, 2, True), 2: Effort(4, 1.0, 4, True), 3: Effort(8, 1.0, 4, False)}
 DEFAULT_EFFORT = 3
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
