@@ -5,9 +5,10 @@
 The output is sampled after the last step and changes neither the rows nor the measurements, so each photo is
 encoded once and its final state decoded with every variant: the header's output fields are replaced, as a file
 written with them would say. One JSON line per photo and rate: PSNR of each variant ("8x12": 8 samples of 12
-sampler steps, in antithetic pairs as format version 9 draws them; "8x12i": independent ones, as version 8 did)
-and its gain over the first. `--crop N` takes an N x N centre crop. The "Output sampling" and "Antithetic output
-samples" sections of examples/results/RESULTS.md came from this measurement.
+sampler steps, in antithetic pairs as format version 9 draws them; "8x12i": independent ones, as version 8 did;
+"4x12@24": samples that stop at the noise level 24/255 instead of the header's mean_sigma_min, so "8x12i@1.5" is
+format 8's output and "4x12@1.5" format 9's) and its gain over the first. `--crop N` takes an N x N centre crop. The "Output sampling", "Antithetic output
+samples" and "Where the output's samples stop" sections of examples/results/RESULTS.md came from this measurement.
 """
 
 from __future__ import annotations
@@ -22,31 +23,33 @@ import torch
 
 import pillow_psc
 from pillow_psc.bench import load_image, psnr
-from pillow_psc.samplers import karras_sigmas
 
 KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 
 
 def output_psnr(encoded: pillow_psc.codec.Encoded, original: np.ndarray, variant: str) -> float:
-    """PSNR of the `mean` output of a variant "SAMPLESxSTEPS", with a trailing "i" for independent samples."""
-    samples, steps = (int(v) for v in variant.rstrip("i").split("x"))
+    """PSNR of the `mean` output of a variant "SAMPLESxSTEPS[i][@LEVEL]": "i" for independent samples (format
+    version 8), "@LEVEL" for samples that stop at LEVEL/255 (as a header's float32 holds it)."""
+    shape, _, level = variant.partition("@")
+    samples, steps = (int(v) for v in shape.rstrip("i").split("x"))
     state = encoded.state
-    header, sigmas = state.header, state.output_sigmas
-    version = 8 if variant.endswith("i") else header.version
-    state.header = dataclasses.replace(header, output_samples=samples, output_sampler_steps=steps, version=version)
-    state.output_sigmas = karras_sigmas(steps, header.sigma_max, header.sigma_min)
+    header = state.header
+    lowest = float(np.float32(float(level) / 255)) if level else header.mean_sigma_min
+    state.header = dataclasses.replace(header, output_samples=samples, output_sampler_steps=steps,
+                                       version=8 if shape.endswith("i") else header.version, mean_sigma_min=lowest)
     try:
         return psnr(encoded.reconstruct("mean"), original)
     finally:
-        state.header, state.output_sigmas = header, sigmas
+        state.header = header
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", nargs="+", default=["kodim05", "kodim19", "kodim23"])
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1])
-    parser.add_argument("--variants", nargs="+", default=["8x12i", "2x12", "4x12", "8x12"],
-                        help="SAMPLESxSTEPS[i] (i: independent samples, as format version 8); gains against the first")
+    parser.add_argument("--variants", nargs="+", default=["8x12i@1.5", "4x12@1.5", "4x12"],
+                        help="SAMPLESxSTEPS[i][@LEVEL] (i: independent samples, as format version 8; @LEVEL: the "
+                             "samples stop at LEVEL/255, not the header's mean_sigma_min); gains against the first")
     parser.add_argument("--effort", type=int, choices=sorted(pillow_psc.codec.EFFORTS),
                         default=pillow_psc.codec.DEFAULT_EFFORT)
     parser.add_argument("--precision", choices=pillow_psc.container.PRECISIONS, default="float32")

@@ -83,6 +83,8 @@ def _head(f: _Fields, p: int, end: int) -> str:
         p = f.add(p, 2, "output_sampler_steps (u16)", struct.unpack(">H", d[p:p + 2])[0])
     if version >= 7:
         p = f.add(p, 4, "coarse_sigma (f32)", round(struct.unpack(">f", d[p:p + 4])[0], 9))
+    if version >= 10:
+        p = f.add(p, 4, "mean_sigma_min (f32)", round(struct.unpack(">f", d[p:p + 4])[0], 9))
     if p != end:
         raise ValueError("HEAD payload length does not match its fields")
     return coding

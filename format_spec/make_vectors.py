@@ -107,11 +107,11 @@ class Source:
 
 
 SOURCES = [
-    Source("gray_8x8.psc", "kodim08", (8, 8), "L", 215,
+    Source("gray_8x8.psc", "kodim08", (8, 8), "L", 219,
            "L 8x8 (smaller than one 16x16 tile): the file of the worked hex dump in PSC.md"),
     Source("gray_16x16.psc", "kodim19", (16, 16), "L", 250, "L 16x16, one tile"),
     Source("gray_17x9.psc", "kodim05", (17, 9), "L", 260, "L 17x9: odd sizes, two tiles, padding"),
-    Source("la_15x15.psc", "kodim15", (15, 15), "LA", 420, "LA 15x15: grey with an ALPH chunk",
+    Source("la_15x15.psc", "kodim15", (15, 15), "LA", 424, "LA 15x15: grey with an ALPH chunk",
            alpha_from="kodim03"),
     Source("rgb_16x16.psc", "kodim23", (16, 16), "RGB", 300, "RGB 16x16, one tile, several adaptive steps"),
     Source("rgb_33x21.psc", "kodim23", (33, 21), "RGB", 420,
@@ -130,7 +130,7 @@ SOURCES = [
            "rgb_16x16.psc with precision bfloat16: the denoiser runs under bfloat16 autocast (its pixels depend on "
            "the CPU's bfloat16 kernels: AVX-512 without bfloat16 instructions on the reference build)",
            config={"precision": "bfloat16"}),
-    Source("rgb_32x32_coarse.psc", "kodim19", (32, 32), "RGB", 400,
+    Source("rgb_32x32_coarse.psc", "kodim19", (32, 32), "RGB", 404,
            "RGB 32x32 with coarse_sigma 0.1: noise levels from 0.1 up are denoised at half resolution (the first of "
            "the 3 sampler steps, the first 3 of the 6 output ones)", config={"coarse_sigma": 0.1}),
 ]
@@ -158,6 +158,9 @@ LEGACY = {
                                 "676c2e8fcae55da05c8b87eacc57dc13c99012b51614f1c07252c4c781593e4a"),
     "v8_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 8 (output samples each draw their own noise)",
                          "4bfb54383144deb8696b20f2fc8baded11c23c0722eb8b950bb50c64f1d60cc0"),
+    "v9_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 9 (no mean_sigma_min field: the output's "
+                         "samples stop at sigma_min)",
+                         "eb2db847b7f2e571dc6bc49f6253ccb45b7383edbc4a6f8c21e92909b667736c"),
 }
 
 
@@ -173,7 +176,7 @@ def source_pixels(src: Source) -> np.ndarray:
 
 #: Encoder choices (not format rules) pinned here, so retuning the encoder's defaults leaves the vectors and the
 #: worked example in PSC.md unchanged.
-PINNED_ENCODER_SETTINGS = {"delta": 0.08, "base_share": 0.5}
+PINNED_ENCODER_SETTINGS = {"delta": 0.08, "base_share": 0.5, "mean_sigma_min": 20 / 255}
 
 
 def encode_source(src: Source):
@@ -291,19 +294,23 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_10.psc", replace_head(base, lambda p: p.__setitem__(0, 10)), "format version 10, CRC recomputed",
+        ("version_11.psc", replace_head(base, lambda p: p.__setitem__(0, 11)), "format version 11, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
-        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-8, 2)),
+        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-12, 2)),
          "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
-        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-7, 2)),
+        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-11, 2)),
          "HEAD precision field 2 (only 0 and 1 are defined), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
-        ("output_steps_zero.psc", replace_head(base, lambda p: p.__setitem__(slice(-6, -4), b"\x00\x00")),
+        ("output_steps_zero.psc", replace_head(base, lambda p: p.__setitem__(slice(-10, -8), b"\x00\x00")),
          "HEAD output_sampler_steps 0 (the range is 1..1000), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("coarse_sigma_negative.psc",
-         replace_head(base, lambda p: p.__setitem__(slice(-4, None), struct.pack(">f", -0.3))),
+         replace_head(base, lambda p: p.__setitem__(slice(-8, -4), struct.pack(">f", -0.3))),
          "HEAD coarse_sigma -0.3 (the range is 0 ..< 10^4), CRC recomputed",
+         {"outcome": "error", "error": "CorruptFileError"}),
+        ("mean_sigma_min_above_max.psc",
+         replace_head(base, lambda p: p.__setitem__(slice(-4, None), struct.pack(">f", 1.0))),
+         "HEAD mean_sigma_min 1.0, above sigma_max (the range is sigma_min ..= sigma_max), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("raw_nan.psc", edit_data(1, lambda p: p.__setitem__(12, 0x7F), good["rgb_32x24_raw.psc"]),
          "rgb_32x24_raw.psc with its first raw float8 byte of DATA step 1 set to NaN (0x7F), CRC recomputed",

@@ -15,7 +15,7 @@ import struct
 import sys
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -88,6 +88,7 @@ class CodecConfig:
     margin: int = 2  # sampling window margin, tiles
     sigma_max: float | None = None
     sigma_min: float | None = None
+    mean_sigma_min: float | None = None  # where the `mean` output's samples stop; None: auto_mean_sigma_min
     base_share: float = 0.3  # the base layer may use at most this share of the budget (coarser step if needed)
     max_steps: int = 4096
     coding: str = "innovation"  # "raw": the paper's unscaled float8 byte per measurement (PSC.md §6.11)
@@ -96,10 +97,10 @@ class CodecConfig:
 
 #: The paper's method (Elata et al. 2024, pixel-space setup) on this codec: 16 samples, 25 sampler steps, eta 1,
 #: the low-distortion output as the mean of 64 samples (32 antithetic pairs from format 9, PSC.md §6.9: at 64
-#: samples their scatter is small either way), and every measurement sent as one raw float8 byte (no prediction, no
-#: entropy model). Kept for comparison (`psc bench`, `psc encode --paper`).
+#: samples their scatter is small either way) of samples that run down to sigma_min, and every measurement sent as
+#: one raw float8 byte (no prediction, no entropy model). Kept for comparison (`psc bench`, `psc encode --paper`).
 PAPER_CONFIG = CodecConfig(samples=16, sampler_steps=25, eta=1.0, output_samples=64, output_sampler_steps=25,
-                           coding="raw")
+                           mean_sigma_min=0, coding="raw")
 
 
 @dataclass
@@ -143,7 +144,6 @@ class SensingState:
                                            header.coarse_sigma, upsample)
         self.evaluations = 0  # denoiser evaluations (images through the network), for benchmarks
         self.step_sigmas = karras_sigmas(header.sampler_steps, header.sigma_max, header.sigma_min)
-        self.output_sigmas = karras_sigmas(header.output_sampler_steps, header.sigma_max, header.sigma_min)
         self.row_blocks: list[torch.Tensor] = []  # (rows, dim) per add(): appended, never copied into one array
         self.tile_of = torch.zeros(0, dtype=torch.long)
         self.meas = torch.zeros(0, device=self.device)
@@ -193,8 +193,9 @@ class SensingState:
         self.meas = torch.cat([self.meas, torch.as_tensor(meas, dtype=torch.float32, device=self.device)])
 
     # -- posterior sampling ---------------------------------------------------------------------------------
-    def _sample_region(self, region: tuple[int, int, int, int], n: int, step: int, index: int) -> torch.Tensor:
-        """n posterior samples of one window region, as tiles (region tiles, n, dim)."""
+    def _sample_region(self, region: tuple[int, int, int, int], n: int, step: int, index: int,
+                       sigmas: list[float]) -> torch.Tensor:
+        """n posterior samples of one window region over the noise levels `sigmas`, as tiles (region tiles, n, dim)."""
         y0, y1, x0, x1 = region
         ry, rx, t = y1 - y0, x1 - x0, self.grid.tile
         rows, meas = self.rows_of_tiles(self._tile_ids(*region))
@@ -219,14 +220,13 @@ class SensingState:
 
         start = project(torch.full((1, *shape), self.prior.signal_mean, device=self.device)).expand(n, *shape)
         with torch.no_grad():
-            sigmas = self.output_sigmas if step == OUTPUT_STEP else self.step_sigmas
             samples = sample_projected(self.denoise, project, start, sigmas, noise, self.header.eta)
         return self.grid.to_tiles(samples)
 
-    def _sample_all(self, n: int, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _sample_all(self, n: int, step: int, sigmas: list[float]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (core tile ids, core tiles (k, n, dim)) for every window."""
         for index, (core, region) in enumerate(self.windows()):
-            tiles = self._sample_region(region, n, step, index)
+            tiles = self._sample_region(region, n, step, index, sigmas)
             ids = self._tile_ids(*region)
             keep = torch.isin(ids, self._tile_ids(*core))
             yield ids[keep], tiles[keep.to(tiles.device)]
@@ -237,7 +237,7 @@ class SensingState:
         means = torch.zeros(g.count, g.dim, device=self.device)
         dirs = torch.zeros(g.count, s - 1, g.dim, device=self.device)
         spread = torch.zeros(g.count, s - 1, device=self.device)
-        for ids, tiles in self._sample_all(s, step):
+        for ids, tiles in self._sample_all(s, step, self.step_sigmas):
             means[ids], dirs[ids], spread[ids] = principal_directions(tiles)
         rate = step_rows(self.header.rows_per_step, step)
         count = min(max(1, round(rate * g.count)), g.count * (s - 1))
@@ -291,16 +291,20 @@ class SensingState:
         """Pixels (H, W, C) uint8 from the current measurements: sample mean or one posterior sample."""
         if mode not in ("mean", "sample"):
             raise ValueError(f"decode mode must be 'mean' or 'sample', not {mode!r}")
-        g = self.grid
-        n = self.header.output_samples if mode == "mean" else 1
+        g, h = self.grid, self.header
+        n = h.output_samples if mode == "mean" else 1
+        # from version 10 the averaged samples stop at a higher noise level (mean_sigma_min): their last denoised
+        # estimate is already a conditional mean, so the average keeps less of the samples' own scatter (§6.12)
+        lowest = h.mean_sigma_min if mode == "mean" else h.sigma_min
+        sigmas = karras_sigmas(h.output_sampler_steps, h.sigma_max, lowest)
         signal = torch.zeros(g.count, g.dim, device=self.device)
-        for ids, tiles in self._sample_all(n, OUTPUT_STEP):
+        for ids, tiles in self._sample_all(n, OUTPUT_STEP, sigmas):
             signal[ids] = tiles.mean(1)
         signal = g.from_tiles(signal[:, None], g.rows_of_tiles, g.cols_of_tiles)[:, :, :g.height, :g.width]
         with torch.no_grad():
-            pixels = self.prior.to_pixels(signal, self.header.height, self.header.width)
+            pixels = self.prior.to_pixels(signal, h.height, h.width)
         pixels = (pixels[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        if self.header.channels == 1 and pixels.shape[2] == 3:
+        if h.channels == 1 and pixels.shape[2] == 3:
             pixels = np.rint(pixels.astype(np.float64).mean(2, keepdims=True)).astype(np.uint8)
         return pixels
 
@@ -436,6 +440,25 @@ def auto_delta(bits_per_pixel: float, texture: float) -> float:
     if bits_per_pixel >= TEXTURE_RATE_BPP:
         return half_step(step) if texture < SMOOTH_TEXTURE else step
     return step_delta(step, REFINE_CODES) if texture >= BUSY_TEXTURE else step
+
+
+def auto_mean_sigma_min(cfg: CodecConfig, prior: Prior, bits_per_pixel: float, texture: float) -> float:
+    """Where the `mean` output's samples stop (encoder choice; written to the header, never below sigma_min; 0:
+    at sigma_min): the config's, else the prior's `mean_sigma_min`, halved from TEXTURE_RATE_BPP on for a photo
+    below SMOOTH_TEXTURE.
+
+    A sample that stops at noise level σ is a conditional mean of the detail finer than σ, so the average of a few
+    keeps less of their scatter; but where the measurements pin the content tightly (smooth photos at the higher
+    rates) stopping early blurs what they imply. On whole Kodak photos (examples/results/RESULTS.md "Where the
+    output's samples stop") textured ones were best at 24/255 or above at every rate, smooth ones at 12/255 at 0.1
+    and 0.2 bpp but at 16-24/255 at 0.05 bpp.
+    """
+    if cfg.mean_sigma_min is not None:
+        return cfg.mean_sigma_min
+    if prior.mean_sigma_min is None:
+        return 0.0
+    smooth = bits_per_pixel >= TEXTURE_RATE_BPP and texture < SMOOTH_TEXTURE
+    return prior.mean_sigma_min / 2 if smooth else prior.mean_sigma_min
 
 
 def half_step(delta: float) -> float:
@@ -767,10 +790,12 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
     # say nothing about the step (which then only sets the base layer's): it keeps the rate's `automatic_step`.
     adapts = cfg.delta is None and cfg.coding != "raw"
     bits_per_pixel = 8 * budget / (h * w)
+    texture = block_texture(colour)
     if cfg.delta is not None:
         delta = cfg.delta
     else:
-        delta = auto_delta(bits_per_pixel, block_texture(colour)) if adapts else automatic_step(bits_per_pixel)
+        delta = auto_delta(bits_per_pixel, texture) if adapts else automatic_step(bits_per_pixel)
+    cfg = replace(cfg, mean_sigma_min=auto_mean_sigma_min(cfg, prior, bits_per_pixel, texture))
     evaluations = 0
     while True:
         restart = adapts and delta > AUTO_DELTA_MIN
@@ -794,11 +819,13 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     samples = effort.samples if cfg.samples is None else cfg.samples
     sampler_steps = (max(1, round(prior.sampler_steps * effort.step_share)) if cfg.sampler_steps is None
                      else cfg.sampler_steps)
+    sigma_min = cfg.sigma_min or prior.sigma_min
     header = Header(
         width=w, height=h, channels=channels, has_alpha=alpha is not None, prior_id=prior.id,
         model_sha256=prior.sha256, seed=seed, prompt=prompt, sampler=SAMPLER,
         sampler_steps=sampler_steps, samples=samples, eta=cfg.eta,
-        sigma_max=cfg.sigma_max or prior.sigma_max, sigma_min=cfg.sigma_min or prior.sigma_min,
+        sigma_max=cfg.sigma_max or prior.sigma_max, sigma_min=sigma_min,
+        mean_sigma_min=max(sigma_min, cfg.mean_sigma_min or 0.0),
         output_samples=effort.output_samples if cfg.output_samples is None else cfg.output_samples,
         output_sampler_steps=cfg.output_sampler_steps or OUTPUT_STEPS_FACTOR * sampler_steps,
         coarse_sigma=(prior.coarse_sigma if effort.coarse else 0.0) if cfg.coarse_sigma is None else cfg.coarse_sigma,

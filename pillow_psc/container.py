@@ -20,10 +20,10 @@ from typing import BinaryIO, Iterator
 from .errors import CorruptFileError, NotPSCError, UnsupportedFileError
 
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
-FORMAT_VERSION = 9  # written by this build
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision,
+FORMAT_VERSION = 10  # written by this build
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision,
 # 5 +delta code, 6 +output_sampler_steps, 7 +coarse_sigma, 8 thread-invariant upsampling (§6.9), 9 antithetic
-# output samples (§6.9)
+# output samples (§6.9), 10 +mean_sigma_min (§6.12)
 CODINGS = ("innovation", "raw")  # how adaptive measurements are coded (PSC.md §6.11)
 PRECISIONS = ("float32", "bfloat16")  # arithmetic of the denoiser (PSC.md §6.2)
 MAX_DIMENSION = 65535
@@ -64,11 +64,14 @@ class Header:
     precision: str = "float32"  # "bfloat16": the denoiser runs under bfloat16 autocast (fast, less portable)
     output_sampler_steps: int | None = None  # denoiser evaluations per output sample; None: sampler_steps
     coarse_sigma: float = 0.0  # noise levels from this one up are denoised at half resolution; 0: none
+    mean_sigma_min: float | None = None  # lowest noise level of the `mean` output's samples; None: sigma_min
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.output_sampler_steps is None:  # files before version 6 sample the output like the steps
             self.output_sampler_steps = self.sampler_steps
+        if self.mean_sigma_min is None:  # files before version 10 end the `mean` output's samples at sigma_min
+            self.mean_sigma_min = self.sigma_min
 
     @property
     def mode(self) -> str:
@@ -101,6 +104,10 @@ class Header:
             out.write(struct.pack(">f", self.coarse_sigma))
         elif self.coarse_sigma:
             raise ValueError(f"format version {self.version} cannot hold coarse_sigma")
+        if self.version >= 10:
+            out.write(struct.pack(">f", self.mean_sigma_min))
+        elif self.mean_sigma_min != self.sigma_min:
+            raise ValueError(f"format version {self.version} cannot hold mean_sigma_min")
         return out.getvalue()
 
     @classmethod
@@ -124,13 +131,14 @@ class Header:
         (precision,) = r.unpack(">B") if version >= 4 else (0,)
         (out_steps,) = r.unpack(">H") if version >= 6 else (steps,)
         (coarse_sigma,) = r.unpack(">f") if version >= 7 else (0.0,)
+        (mean_sigma_min,) = r.unpack(">f") if version >= 10 else (smin,)
         r.finish()
         for name, value, names in (("coding", coding, CODINGS), ("precision", precision, PRECISIONS)):
             if value >= len(names):
                 raise CorruptFileError(f"header field {name} has the unknown value {value}")
         hdr = cls(width, height, channels, bool(flags & 1), prior_id, sha, seed, prompt, sampler, steps, samples,
                   eta, smax, smin, out_samples, tile, window, margin, float8, delta, rates,
-                  CODINGS[coding], PRECISIONS[precision], out_steps, coarse_sigma, version)
+                  CODINGS[coding], PRECISIONS[precision], out_steps, coarse_sigma, mean_sigma_min, version)
         hdr.validate()
         return hdr
 
@@ -150,6 +158,7 @@ class Header:
             (1 <= self.output_sampler_steps <= 1000, "output_sampler_steps"),
             (1 <= self.output_samples <= 256, "output_samples"), (0.0 <= self.eta <= 1.0, "eta"),
             (0.0 < self.sigma_min <= self.sigma_max < 1e4, "sigma range"), (0.0 < self.delta < 1e4, "delta"),
+            (self.sigma_min <= self.mean_sigma_min <= self.sigma_max, "mean_sigma_min"),
             (0.0 <= self.coarse_sigma < 1e4, "coarse_sigma"),
             (len(self.rows_per_step) >= 1 and all(0.0 < v <= 1024.0 for v in self.rows_per_step), "rows_per_step"),
         ]

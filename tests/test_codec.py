@@ -75,8 +75,32 @@ def test_effort_sets_samples_sampler_steps_output_samples_and_coarse_sigma_unles
         codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=0))
 
 
+def test_mean_sigma_min_is_the_prior_s_halved_on_smooth_photos_unless_given(crop64):
+    """Where the `mean` output's samples stop (PSC.md §6.12) is the prior's level, half of it on a smooth photo
+    from TEXTURE_RATE_BPP on, unless the config gives one; 0 means sigma_min, as before format 10 and in the
+    paper's configuration; never below the file's sigma_min."""
+    smooth, f32 = crop64[:16, :16], lambda v: float(np.float32(v))
+    busy = np.repeat(np.indices((16, 16)).sum(0)[:, :, None] % 2 * 255, 3, 2).astype(np.uint8)  # a checkerboard
+    assert codec.block_texture(busy) >= codec.SMOOTH_TEXTURE > codec.block_texture(smooth)
+
+    def written(pixels=busy, **settings) -> tuple[float, float]:
+        header = read_file(codec.encode(pixels, max_bytes=200, config=codec.CodecConfig(**settings)).data).header
+        return header.mean_sigma_min, header.sigma_min
+
+    level, sigma_min = FFDNetPrior.mean_sigma_min, f32(FFDNetPrior.sigma_min)
+    assert level / 2 > FFDNetPrior.sigma_min
+    assert written() == (f32(level), sigma_min) and written(smooth) == (f32(level / 2), sigma_min)
+    below, default = codec.TEXTURE_RATE_BPP * 0.99, codec.CodecConfig()  # below it smooth photos take it whole
+    assert codec.auto_mean_sigma_min(default, FFDNetPrior, below, 0.0) == level
+    assert codec.auto_mean_sigma_min(default, FFDNetPrior, codec.TEXTURE_RATE_BPP, 0.0) == level / 2
+    assert written(smooth, mean_sigma_min=0.2) == (f32(0.2), sigma_min)
+    assert written(mean_sigma_min=0) == (sigma_min, sigma_min)
+    assert written(sigma_min=0.2) == (f32(0.2), f32(0.2))  # above the prior's mean_sigma_min
+    assert codec.PAPER_CONFIG.mean_sigma_min == 0
+
+
 @pytest.mark.parametrize("setting", [{"samples": 0}, {"samples": 1}, {"sampler_steps": 0}, {"output_samples": 0},
-                                     {"output_samples": 257}, {"coarse_sigma": -0.1}])
+                                     {"output_samples": 257}, {"coarse_sigma": -0.1}, {"mean_sigma_min": 0.5}])
 def test_settings_the_format_cannot_hold_are_refused(crop64, setting):
     """A zero is not "use the effort's value" (only None is), and the header's limits are the caller's error."""
     with pytest.raises(ValueError, match="invalid codec settings: header field"):

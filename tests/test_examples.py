@@ -104,12 +104,13 @@ def test_the_shared_whole_photo_baselines_cover_every_kodak_photo_and_codec():
 def test_output_sampling_decodes_the_same_state_with_each_variant(capsys):
     output_sampling = _example("output_sampling")
     output_sampling.main(["--images", "kodim23", "--rates", "2", "--crop", "32", "--variants", "2x3", "2x3i", "1x2",
-                          "1x2i", "--threads", "1", "--effort", "1"])
+                          "1x2i", "2x3@1.5", "--threads", "1", "--effort", "1"])
     record = json.loads(capsys.readouterr().out)
-    assert set(record["psnr"]) == {"2x3", "2x3i", "1x2", "1x2i"} and record["gain"]["2x3"] == 0.0
+    assert set(record["psnr"]) == {"2x3", "2x3i", "1x2", "1x2i", "2x3@1.5"} and record["gain"]["2x3"] == 0.0
     assert record["psnr"]["2x3"] != record["psnr"]["1x2"] and record["psnr"]["1x2"] > 20 and record["effort"] == 1
     # the second sample of a pair mirrors the first one's noise, independent ones draw their own; one sample has no pair
     assert record["psnr"]["2x3"] != record["psnr"]["2x3i"] and record["psnr"]["1x2"] == record["psnr"]["1x2i"]
+    assert record["psnr"]["2x3"] != record["psnr"]["2x3@1.5"]  # samples run down to sigma_min, not mean_sigma_min
 
 
 def test_output_psnr_with_the_header_own_values_is_the_decoder_output():
@@ -122,7 +123,7 @@ def test_output_psnr_with_the_header_own_values_is_the_decoder_output():
     header = encoded.state.header
     decoded = pillow_psc.decode_array(encoded.data).pixels
     assert output_sampling.output_psnr(encoded, pixels, f"2x{header.output_sampler_steps}") == psnr(decoded, pixels)
-    output_sampling.output_psnr(encoded, pixels, "1x7i")
+    output_sampling.output_psnr(encoded, pixels, "1x7i@3")
     assert encoded.state.header == header and np.array_equal(encoded.reconstruct("mean"), decoded)
 
 

@@ -366,3 +366,29 @@ def test_output_samples_pair_up_as_the_file_version_says(name: str, version: int
     assert len(output) == header.output_sampler_steps and len(steps) >= 1
     assert all(torch.equal(e[1], -e[0]) == mirrored for e in output)
     assert not any(torch.equal(e[1], -e[0]) for calls in steps for e in calls)
+
+
+@pytest.mark.parametrize("name, version", [("v9_rgb_33x21.psc", 9), ("rgb_33x21.psc", container.FORMAT_VERSION)])
+@pytest.mark.parametrize("mode", ["mean", "sample"])
+def test_output_noise_levels_end_where_the_file_version_and_mode_say(name: str, version: int, mode: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """PSC.md §6.9, §6.12: from version 10 the `mean` output's samples stop at mean_sigma_min (above sigma_min);
+    the `sample` output, the steps, and a version-9 file's outputs run down to sigma_min."""
+    from pillow_psc import codec
+    levels: list[list[float]] = []
+
+    def recording(denoise, project, start, sigmas, noise, eta):
+        levels.append(sigmas)
+        return real(denoise, project, start, sigmas, noise, eta)
+
+    real = codec.sample_projected
+    monkeypatch.setattr(codec, "sample_projected", recording)
+    data = (VECTORS / name).read_bytes()
+    header = container.read_file(data).header
+    assert header.version == version
+    pillow_psc.decode_array(data, mode=mode, device="cpu")
+    *steps, output = levels  # one window: the last sampling is the output's
+    assert all(s == codec.karras_sigmas(header.sampler_steps, header.sigma_max, header.sigma_min) for s in steps)
+    lowest = header.mean_sigma_min if mode == "mean" else header.sigma_min
+    assert output == codec.karras_sigmas(header.output_sampler_steps, header.sigma_max, lowest)
+    assert (lowest > header.sigma_min) == (mode == "mean" and version >= 10)

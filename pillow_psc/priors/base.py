@@ -30,6 +30,8 @@ class Prior(ABC):
     sigma_max: float = 1.0
     sigma_min: float = 0.01
     sampler_steps: int = 6
+    #: Lowest noise level of the samples the `mean` output averages (PSC.md §6.12); None: sigma_min.
+    mean_sigma_min: float | None = None
     #: Noise level from which efforts with `coarse` set denoise at half resolution (samplers.at_half_resolution);
     #: 0: never.
     coarse_sigma: float = 0.0
