@@ -195,7 +195,7 @@ class SensingState:
     # -- posterior sampling ---------------------------------------------------------------------------------
     def _sample_region(self, region: tuple[int, int, int, int], n: int, step: int, index: int,
                        sigmas: list[float]) -> torch.Tensor:
-        """n posterior samples of one window region over the noise levels `sigmas`, as tiles (region tiles, n, dim)."""
+        """n posterior samples of one window region, over the noise levels `sigmas`, as tiles (region tiles, n, dim)."""
         y0, y1, x0, x1 = region
         ry, rx, t = y1 - y0, x1 - x0, self.grid.tile
         rows, meas = self.rows_of_tiles(self._tile_ids(*region))
@@ -466,9 +466,10 @@ def half_step(delta: float) -> float:
     return max(delta / 2, AUTO_DELTA_MIN)
 
 
-#: Below this `block_texture` a photo starts at half the automatic step. On the 24 Kodak photos the 10 below it
-#: (0.059-0.078; the other 14: 0.089-0.164) all started again at 0.1 bpp at every effort, gaining 0.36-1.01 dB at
-#: effort 1 (both choices encoded: examples/results/RESULTS.md "Smooth photos start at half the step").
+#: Below this `block_texture` a photo starts at half the automatic step (and its `mean` output stops at half the
+#: prior's level: `auto_mean_sigma_min`). On the 24 Kodak photos the 10 below it (0.059-0.078; the other 14:
+#: 0.089-0.164) all started again at 0.1 bpp at every effort, gaining 0.36-1.01 dB at effort 1 (both choices
+#: encoded: examples/results/RESULTS.md "Smooth photos start at half the step").
 SMOOTH_TEXTURE = 0.085
 #: From this `block_texture` on a photo starts one refinement above the automatic step below TEXTURE_RATE_BPP. At
 #: 0.05 bpp the 5 Kodak photos at or above it (0.104-0.164) gained 0.02-0.29 dB at effort 1, the 9 other textured
