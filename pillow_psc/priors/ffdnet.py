@@ -100,7 +100,8 @@ class FFDNetPrior(Prior):
     sigma_max = 0.45
     sigma_min = 1.5 / 255
     sampler_steps = 6
-    #: The `mean` output averages samples that stop here (half of it on smooth photos, codec.auto_mean_sigma_min):
+    #: The `mean` output averages samples that stop here (half of it on smooth photos from 0.075 bpp on,
+    #: codec.auto_mean_sigma_min);
     #: +0.10 to +0.30 dB over samples that run down to sigma_min on textured Kodak photos.
     mean_sigma_min = 24 / 255
     #: Above FFDNet's training range (75/255): the first noise level (0.45) is denoised at half resolution, where
