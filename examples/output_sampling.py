@@ -8,7 +8,7 @@ written with them would say. One JSON line per photo and rate: PSNR of each vari
 sampler steps, in antithetic pairs as format version 9 draws them; "8x12i": independent ones, as version 8 did;
 "4x12@24": samples that stop at the noise level 24/255 instead of the header's mean_sigma_min, so "8x12i@1.5" is
 format 8's output and "4x12@1.5" format 9's) and its gain over the first. `--crop N` takes an N x N centre crop.
-The "Output sampling", "Antithetic output samples" and "Where the output's samples stop" sections of
+The "Output sampling", "Antithetic output samples" and "Where the samples stop" sections of
 examples/results/RESULTS.md came from this measurement.
 """
 

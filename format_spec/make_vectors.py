@@ -176,7 +176,7 @@ def source_pixels(src: Source) -> np.ndarray:
 
 #: Encoder choices (not format rules) pinned here, so retuning the encoder's defaults leaves the vectors and the
 #: worked example in PSC.md unchanged.
-PINNED_ENCODER_SETTINGS = {"delta": 0.08, "base_share": 0.5, "mean_sigma_min": 20 / 255}
+PINNED_ENCODER_SETTINGS = {"delta": 0.08, "base_share": 0.5, "sigma_min": 1.5 / 255, "mean_sigma_min": 20 / 255}
 
 
 def encode_source(src: Source):

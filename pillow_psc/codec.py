@@ -87,8 +87,9 @@ class CodecConfig:
     window: int = 32  # sampling window core, tiles
     margin: int = 2  # sampling window margin, tiles
     sigma_max: float | None = None
-    sigma_min: float | None = None
-    mean_sigma_min: float | None = None  # where the `mean` output's samples stop; None: auto_mean_sigma_min
+    sigma_min: float | None = None  # where the steps' and `sample` output's samples stop; None: auto_stop_sigma,
+    # 0: the prior's sigma_min (the paper's)
+    mean_sigma_min: float | None = None  # where the `mean` output's samples stop; None: auto_stop_sigma; 0: sigma_min
     base_share: float = 0.3  # the base layer may use at most this share of the budget (coarser step if needed)
     max_steps: int = 4096
     coding: str = "innovation"  # "raw": the paper's unscaled float8 byte per measurement (PSC.md §6.11)
@@ -97,10 +98,11 @@ class CodecConfig:
 
 #: The paper's method (Elata et al. 2024, pixel-space setup) on this codec: 16 samples, 25 sampler steps, eta 1,
 #: the low-distortion output as the mean of 64 samples (32 antithetic pairs from format 9, PSC.md §6.9: at 64
-#: samples their scatter is small either way) of samples that run down to sigma_min, and every measurement sent as
-#: one raw float8 byte (no prediction, no entropy model). Kept for comparison (`psc bench`, `psc encode --paper`).
+#: samples their scatter is small either way) of samples that run down to the prior's sigma_min, and every
+#: measurement sent as one raw float8 byte (no prediction, no entropy model). Kept for comparison (`psc bench`,
+#: `psc encode --paper`).
 PAPER_CONFIG = CodecConfig(samples=16, sampler_steps=25, eta=1.0, output_samples=64, output_sampler_steps=25,
-                           mean_sigma_min=0, coding="raw")
+                           sigma_min=0, mean_sigma_min=0, coding="raw")
 
 
 @dataclass
@@ -442,23 +444,22 @@ def auto_delta(bits_per_pixel: float, texture: float) -> float:
     return step_delta(step, REFINE_CODES) if texture >= BUSY_TEXTURE else step
 
 
-def auto_mean_sigma_min(cfg: CodecConfig, prior: Prior, bits_per_pixel: float, texture: float) -> float:
-    """Where the `mean` output's samples stop (encoder choice; written to the header, never below sigma_min; 0:
-    at sigma_min): the config's, else the prior's `mean_sigma_min`, halved from TEXTURE_RATE_BPP on for a photo
-    below SMOOTH_TEXTURE.
+def auto_stop_sigma(prior: Prior, bits_per_pixel: float, texture: float) -> float:
+    """Where the encoder's samples stop unless the config says (written to the header as sigma_min and
+    mean_sigma_min): the prior's `stop_sigma`, halved from TEXTURE_RATE_BPP on for a photo below SMOOTH_TEXTURE.
 
-    A sample that stops at noise level σ is a conditional mean of the detail finer than σ, so the average of a few
-    keeps less of their scatter; but where the measurements pin the content tightly (smooth photos at the higher
-    rates) stopping early blurs what they imply. On whole Kodak photos (examples/results/RESULTS.md "Where the
-    output's samples stop") textured ones were best at 24/255 or above at every rate, smooth ones at 12/255 at 0.1
-    and 0.2 bpp but at 16-24/255 at 0.05 bpp.
+    A sample that stops at noise level σ is a conditional mean of the detail finer than σ. The average of a few
+    such samples keeps less of their scatter (the `mean` output), and the principal directions of a few of them
+    follow the structure the measurements leave open rather than fine detail no row can pin (the steps); their
+    few sampler steps are also spent at levels where the denoiser changes the estimate. Where the measurements pin
+    the content tightly (smooth photos at the higher rates) stopping early blurs what they imply. On whole Kodak
+    photos (examples/results/RESULTS.md "Where the samples stop") textured ones were best at about 24/255, smooth
+    ones at 12-16/255 at 0.1 and 0.2 bpp.
     """
-    if cfg.mean_sigma_min is not None:
-        return cfg.mean_sigma_min
-    if prior.mean_sigma_min is None:
-        return 0.0
+    if prior.stop_sigma is None:
+        return prior.sigma_min
     smooth = bits_per_pixel >= TEXTURE_RATE_BPP and texture < SMOOTH_TEXTURE
-    return prior.mean_sigma_min / 2 if smooth else prior.mean_sigma_min
+    return prior.stop_sigma / 2 if smooth else prior.stop_sigma
 
 
 def half_step(delta: float) -> float:
@@ -466,8 +467,8 @@ def half_step(delta: float) -> float:
     return max(delta / 2, AUTO_DELTA_MIN)
 
 
-#: Below this `block_texture` a photo starts at half the automatic step (and its `mean` output stops at half the
-#: prior's level: `auto_mean_sigma_min`). On the 24 Kodak photos the 10 below it (0.059-0.078; the other 14:
+#: Below this `block_texture` a photo starts at half the automatic step (and its samples stop at half the prior's
+#: level: `auto_stop_sigma`). On the 24 Kodak photos the 10 below it (0.059-0.078; the other 14:
 #: 0.089-0.164) all started again at 0.1 bpp at every effort, gaining 0.36-1.01 dB at effort 1 (both choices
 #: encoded: examples/results/RESULTS.md "Smooth photos start at half the step").
 SMOOTH_TEXTURE = 0.085
@@ -796,7 +797,10 @@ def encode(pixels: np.ndarray, *, rate: float | None = None, max_bytes: int | No
         delta = cfg.delta
     else:
         delta = auto_delta(bits_per_pixel, texture) if adapts else automatic_step(bits_per_pixel)
-    cfg = replace(cfg, mean_sigma_min=auto_mean_sigma_min(cfg, prior, bits_per_pixel, texture))
+    stop = auto_stop_sigma(prior, bits_per_pixel, texture)
+    sigma_min = stop if cfg.sigma_min is None else cfg.sigma_min or prior.sigma_min
+    mean_sigma_min = stop if cfg.mean_sigma_min is None else cfg.mean_sigma_min
+    cfg = replace(cfg, sigma_min=sigma_min, mean_sigma_min=max(sigma_min, mean_sigma_min))
     evaluations = 0
     while True:
         restart = adapts and delta > AUTO_DELTA_MIN
@@ -820,13 +824,11 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     samples = effort.samples if cfg.samples is None else cfg.samples
     sampler_steps = (max(1, round(prior.sampler_steps * effort.step_share)) if cfg.sampler_steps is None
                      else cfg.sampler_steps)
-    sigma_min = cfg.sigma_min or prior.sigma_min
     header = Header(
         width=w, height=h, channels=channels, has_alpha=alpha is not None, prior_id=prior.id,
         model_sha256=prior.sha256, seed=seed, prompt=prompt, sampler=SAMPLER,
         sampler_steps=sampler_steps, samples=samples, eta=cfg.eta,
-        sigma_max=cfg.sigma_max or prior.sigma_max, sigma_min=sigma_min,
-        mean_sigma_min=max(sigma_min, cfg.mean_sigma_min or 0.0),
+        sigma_max=cfg.sigma_max or prior.sigma_max, sigma_min=cfg.sigma_min, mean_sigma_min=cfg.mean_sigma_min,
         output_samples=effort.output_samples if cfg.output_samples is None else cfg.output_samples,
         output_sampler_steps=cfg.output_sampler_steps or OUTPUT_STEPS_FACTOR * sampler_steps,
         coarse_sigma=(prior.coarse_sigma if effort.coarse else 0.0) if cfg.coarse_sigma is None else cfg.coarse_sigma,

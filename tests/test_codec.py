@@ -75,10 +75,11 @@ def test_effort_sets_samples_sampler_steps_output_samples_and_coarse_sigma_unles
         codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=0))
 
 
-def test_mean_sigma_min_is_the_prior_s_halved_on_smooth_photos_unless_given(crop64):
-    """Where the `mean` output's samples stop (PSC.md §6.12) is the prior's level, half of it on a smooth photo
-    from TEXTURE_RATE_BPP on, unless the config gives one; 0 means sigma_min, as before format 10 and in the
-    paper's configuration; never below the file's sigma_min."""
+def test_samples_stop_at_the_prior_s_level_halved_on_smooth_photos_unless_given(crop64):
+    """Where the steps' samples (header sigma_min) and the `mean` output's (mean_sigma_min, PSC.md §6.12) stop is
+    the prior's level, half of it on a smooth photo from TEXTURE_RATE_BPP on, unless the config gives one. 0 means
+    the prior's sigma_min for the steps and the file's sigma_min for the mean, as in the paper's configuration; the
+    mean's level is never below the file's sigma_min."""
     smooth, f32 = crop64[:16, :16], lambda v: float(np.float32(v))
     busy = np.repeat(np.indices((16, 16)).sum(0)[:, :, None] % 2 * 255, 3, 2).astype(np.uint8)  # a checkerboard
     assert codec.block_texture(busy) >= codec.SMOOTH_TEXTURE > codec.block_texture(smooth)
@@ -87,16 +88,17 @@ def test_mean_sigma_min_is_the_prior_s_halved_on_smooth_photos_unless_given(crop
         header = read_file(codec.encode(pixels, max_bytes=200, config=codec.CodecConfig(**settings)).data).header
         return header.mean_sigma_min, header.sigma_min
 
-    level, sigma_min = FFDNetPrior.mean_sigma_min, f32(FFDNetPrior.sigma_min)
+    level, floor = FFDNetPrior.stop_sigma, f32(FFDNetPrior.sigma_min)
     assert level / 2 > FFDNetPrior.sigma_min
-    assert written() == (f32(level), sigma_min) and written(smooth) == (f32(level / 2), sigma_min)
-    below, default = codec.TEXTURE_RATE_BPP * 0.99, codec.CodecConfig()  # below it smooth photos take it whole
-    assert codec.auto_mean_sigma_min(default, FFDNetPrior, below, 0.0) == level
-    assert codec.auto_mean_sigma_min(default, FFDNetPrior, codec.TEXTURE_RATE_BPP, 0.0) == level / 2
-    assert written(smooth, mean_sigma_min=0.2) == (f32(0.2), sigma_min)
-    assert written(mean_sigma_min=0) == (sigma_min, sigma_min)
-    assert written(sigma_min=0.2) == (f32(0.2), f32(0.2))  # above the prior's mean_sigma_min
-    assert codec.PAPER_CONFIG.mean_sigma_min == 0
+    assert written() == (f32(level), f32(level)) and written(smooth) == (f32(level / 2), f32(level / 2))
+    below = codec.TEXTURE_RATE_BPP * 0.99  # below it smooth photos take it whole
+    assert codec.auto_stop_sigma(FFDNetPrior, below, 0.0) == level
+    assert codec.auto_stop_sigma(FFDNetPrior, codec.TEXTURE_RATE_BPP, 0.0) == level / 2
+    assert written(smooth, mean_sigma_min=0.2) == (f32(0.2), f32(level / 2))
+    assert written(sigma_min=0) == (f32(level), floor) and written(sigma_min=0, mean_sigma_min=0) == (floor, floor)
+    assert written(mean_sigma_min=0) == (f32(level), f32(level))
+    assert written(sigma_min=0.2) == (f32(0.2), f32(0.2))  # above the prior's level
+    assert codec.PAPER_CONFIG.sigma_min == codec.PAPER_CONFIG.mean_sigma_min == 0
 
 
 @pytest.mark.parametrize("setting", [{"samples": 0}, {"samples": 1}, {"sampler_steps": 0}, {"output_samples": 0},

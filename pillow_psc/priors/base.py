@@ -28,10 +28,12 @@ class Prior(ABC):
     #: Defaults the encoder writes into the header.
     tile: int = 16
     sigma_max: float = 1.0
+    #: The lowest noise level of the prior's own schedule (the paper's sampler runs down to it).
     sigma_min: float = 0.01
     sampler_steps: int = 6
-    #: Lowest noise level of the samples the `mean` output averages (PSC.md §6.12); None: sigma_min.
-    mean_sigma_min: float | None = None
+    #: Where the encoder's samples stop by default (codec.auto_stop_sigma): the steps' and the `sample` output's
+    #: (header sigma_min) and the `mean` output's (mean_sigma_min, PSC.md §6.12); None: sigma_min.
+    stop_sigma: float | None = None
     #: Noise level from which efforts with `coarse` set denoise at half resolution (samplers.at_half_resolution);
     #: 0: never.
     coarse_sigma: float = 0.0

@@ -100,10 +100,11 @@ class FFDNetPrior(Prior):
     sigma_max = 0.45
     sigma_min = 1.5 / 255
     sampler_steps = 6
-    #: The `mean` output averages samples that stop here (half of it on smooth photos from 0.075 bpp on,
-    #: codec.auto_mean_sigma_min);
-    #: +0.10 to +0.30 dB over samples that run down to sigma_min on textured Kodak photos.
-    mean_sigma_min = 24 / 255
+    #: The encoder's samples stop here (half of it on smooth photos from 0.075 bpp on, codec.auto_stop_sigma). On
+    #: whole Kodak photos the `mean` output's samples stopping here gained 0.10-0.30 dB on textured photos (format
+    #: 10), and the steps' samples stopping here another 0.23 dB on all 24 at effort 1, 0.1 bpp
+    #: (examples/results/RESULTS.md "Where the samples stop").
+    stop_sigma = 24 / 255
     #: Above FFDNet's training range (75/255): the first noise level (0.45) is denoised at half resolution, where
     #: 2x2 averaging halves it to 0.225, inside that range.
     coarse_sigma = 0.3
