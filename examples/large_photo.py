@@ -10,7 +10,7 @@ The encode and the decode each run in their own Python subprocess, so each peak 
 `pillow_psc.decode_array` call (loading the prior included, interpreter start-up not). Also printed: file size
 and bpp, steps, PSNR of the decode against the upscaled original, and denoiser evaluations (one window sample
 through the network each). Files go to --out: the .psc, and the upscaled original and the decode as .npy.
-Cost grows with the pixel count: on a 2-core CPU a 12 MP round trip with the defaults takes many hours.
+Cost grows with the pixel count: on a 2-core CPU a 12 MP round trip with the defaults takes hours.
 """
 
 from __future__ import annotations

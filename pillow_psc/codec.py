@@ -62,7 +62,11 @@ class Effort(NamedTuple):
 #: quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24 better). More:
 #: examples/results/RESULTS.md "Effort".
 EFFORTS = {1: Effort(4, 2 / 3, 2, True), 2: Effort(4, 1.0, 4, True), 3: Effort(8, 1.0, 4, False)}
-DEFAULT_EFFORT = 3
+#: Effort 1 is the default since its steps' samples stop at the output's level (`auto_stop_sigma`): on all 24 whole
+#: Kodak photos (float32) it is ahead of WebP at 0.05 / 0.1 / 0.2 bpp and at 0.1 bpp above effort 3's own records, for
+#: 30-40 % of effort 3's evaluations (about a minute per photo at 0.1 bpp on a 2-core Xeon); `--effort 3` buys the
+#: rest: about 0.2 dB at 0.1 bpp, 0.5-1.5 dB at 0.2 bpp (RESULTS.md, "The default effort").
+DEFAULT_EFFORT = 1
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
 #: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (effort
 #: 3's output_samples) gained 0.05-0.18 dB on five whole Kodak photos (mean +0.12), 4 x 24 -0.09..+0.17
@@ -98,11 +102,11 @@ class CodecConfig:
 
 #: The paper's method (Elata et al. 2024, pixel-space setup) on this codec: 16 samples, 25 sampler steps, eta 1,
 #: the low-distortion output as the mean of 64 samples (32 antithetic pairs from format 9, PSC.md §6.9: at 64
-#: samples their scatter is small either way) of samples that run down to the prior's sigma_min, and every
-#: measurement sent as one raw float8 byte (no prediction, no entropy model). Kept for comparison (`psc bench`,
-#: `psc encode --paper`).
+#: samples their scatter is small either way) of samples that run down to the prior's sigma_min at full resolution,
+#: and every measurement sent as one raw float8 byte (no prediction, no entropy model). Kept for comparison (`psc
+#: bench`, `psc encode --paper`).
 PAPER_CONFIG = CodecConfig(samples=16, sampler_steps=25, eta=1.0, output_samples=64, output_sampler_steps=25,
-                           sigma_min=0, mean_sigma_min=0, coding="raw")
+                           sigma_min=0, mean_sigma_min=0, coarse_sigma=0.0, coding="raw")
 
 
 @dataclass
@@ -824,6 +828,7 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     samples = effort.samples if cfg.samples is None else cfg.samples
     sampler_steps = (max(1, round(prior.sampler_steps * effort.step_share)) if cfg.sampler_steps is None
                      else cfg.sampler_steps)
+    tile = cfg.tile or prior.tile
     header = Header(
         width=w, height=h, channels=channels, has_alpha=alpha is not None, prior_id=prior.id,
         model_sha256=prior.sha256, seed=seed, prompt=prompt, sampler=SAMPLER,
@@ -831,8 +836,8 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
         sigma_max=cfg.sigma_max or prior.sigma_max, sigma_min=cfg.sigma_min, mean_sigma_min=cfg.mean_sigma_min,
         output_samples=effort.output_samples if cfg.output_samples is None else cfg.output_samples,
         output_sampler_steps=cfg.output_sampler_steps or OUTPUT_STEPS_FACTOR * sampler_steps,
-        coarse_sigma=(prior.coarse_sigma if effort.coarse else 0.0) if cfg.coarse_sigma is None else cfg.coarse_sigma,
-        tile=cfg.tile or prior.tile, window=cfg.window, margin=cfg.margin,
+        coarse_sigma=_effort_coarse_sigma(prior, effort, tile) if cfg.coarse_sigma is None else cfg.coarse_sigma,
+        tile=tile, window=cfg.window, margin=cfg.margin,
         float8="e4m3fn", delta=delta, rows_per_step=list(cfg.rows_per_step), coding=cfg.coding,
         precision=cfg.precision)
     try:
@@ -950,6 +955,13 @@ def _finish_pixels(colour: np.ndarray, header: Header, alpha: bytes | None) -> n
 def _channels_fit(channels: int, prior: Prior) -> bool:
     """Grey images can go through colour priors (replicated); colour images need a colour prior."""
     return channels == prior.pixel_channels or prior.pixel_channels == 3
+
+
+def _effort_coarse_sigma(prior: Prior, effort: Effort, tile: int) -> float:
+    """The effort's half-resolution level: the prior's where the effort asks for it and the tile can be halved (the
+    effort is a preference, so a tile that cannot be halved falls back to full resolution; an explicit coarse_sigma
+    with such a tile is refused)."""
+    return prior.coarse_sigma if effort.coarse and tile % tile_multiple(prior, prior.coarse_sigma) == 0 else 0.0
 
 
 def tile_multiple(prior: Prior, coarse_sigma: float) -> int:

@@ -28,7 +28,7 @@ def kodak_crop(name: str = "kodim23", size: tuple[int, int] = (128, 128), mode: 
 
 
 #: Few samples and sampler steps: the codec is the same, only cheaper (used by most tests).
-FAST = pillow_psc.CodecConfig(samples=4, sampler_steps=3, output_samples=2)
+FAST = pillow_psc.CodecConfig(samples=4, sampler_steps=3, output_samples=2, coarse_sigma=0.0)  # full resolution
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

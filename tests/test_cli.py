@@ -10,6 +10,7 @@ from PIL import Image
 
 from pillow_psc import codec
 from pillow_psc.cli import main
+from pillow_psc.priors.ffdnet import FFDNetPrior
 
 from conftest import kodak_crop, psnr
 
@@ -31,7 +32,7 @@ def test_encode_info_decode(tmp_path, capsys):
     assert psnr(np.asarray(Image.open(png)), crop) > 18
     assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 10)
     assert info["output_sampler_steps"] == codec.OUTPUT_STEPS_FACTOR * info["sampler_steps"]
-    assert info["coarse_sigma"] == 0.0  # the default effort denoises at full resolution
+    assert info["coarse_sigma"] == pytest.approx(FFDNetPrior.coarse_sigma)  # the default effort's half-resolution level
 
 
 def test_encode_paper_configuration(tmp_path, capsys):

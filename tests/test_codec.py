@@ -60,14 +60,15 @@ def test_working_in_chunks_changes_nothing(crop64, encoded64, monkeypatch):
 
 def test_effort_sets_samples_sampler_steps_output_samples_and_coarse_sigma_unless_given(crop64):
     """Effort picks the evaluations per step (samples x a share of the prior's sampler steps), the output
-    samples and whether high noise levels are denoised at half resolution; the default effort is the prior's own
-    sampler steps with 8 samples at full resolution; explicit values win; an unknown effort is refused."""
+    samples and whether high noise levels are denoised at half resolution; the default effort is the fastest (4
+    samples of two thirds of the prior's sampler steps, first level at half resolution); explicit values win; an
+    unknown effort is refused."""
     small = crop64[:16, :16]
     coarse = np.float32(FFDNetPrior.coarse_sigma)
     for effort, expected in ((1, (4, 4, 2, coarse)), (2, (4, 6, 4, coarse)), (3, (8, 6, 4, 0.0))):
         header = read_file(codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=effort)).data).header
         assert (header.samples, header.sampler_steps, header.output_samples, header.coarse_sigma) == expected
-    assert codec.CodecConfig().effort == codec.DEFAULT_EFFORT == 3
+    assert codec.CodecConfig().effort == codec.DEFAULT_EFFORT == 1
     explicit = codec.CodecConfig(effort=1, samples=3, sampler_steps=2, output_samples=6, coarse_sigma=0.0)
     header = read_file(codec.encode(small, max_bytes=200, config=explicit).data).header
     assert (header.samples, header.sampler_steps, header.output_samples, header.coarse_sigma) == (3, 2, 6, 0.0)
@@ -486,11 +487,16 @@ def test_odd_tile_for_ffdnet_is_refused():
 
 
 def test_half_resolution_needs_tiles_that_halve_into_what_the_prior_accepts():
-    """FFDNet needs even region sides; at half resolution the tiles must be multiples of 4 (PSC.md §6.2)."""
+    """FFDNet needs even region sides; at half resolution the tiles must be multiples of 4 (PSC.md §6.2). An explicit
+    coarse_sigma with a tile that cannot halve is refused; the effort's falls back to full resolution."""
     import dataclasses
     pixels = kodak_crop("kodim23", (12, 12), "L")
     with pytest.raises(ValueError, match="multiple of 4"):
         codec.encode_array(pixels, max_bytes=400, config=dataclasses.replace(FAST, tile=6, coarse_sigma=0.3))
+    by_effort = dataclasses.replace(FAST, tile=6, coarse_sigma=None, effort=1)
+    assert read_file(codec.encode_array(pixels, max_bytes=400, config=by_effort)).header.coarse_sigma == 0.0
+    assert read_file(codec.encode_array(pixels, max_bytes=400, config=dataclasses.replace(by_effort, tile=8))
+                     ).header.coarse_sigma == np.float32(FFDNetPrior.coarse_sigma)
     data = codec.encode_array(pixels, max_bytes=400, config=dataclasses.replace(FAST, tile=6))
     psc = read_file(data)
     psc.header = dataclasses.replace(psc.header, coarse_sigma=0.3)  # the same file claiming half resolution
