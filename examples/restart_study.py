@@ -158,7 +158,8 @@ def _records(folders: list[Path]) -> list[dict]:
 
 def _pace(rate: float, effort: int) -> float:
     """The current rule's pace at an effort's default settings (`codec.restart_pace`)."""
-    return codec.restart_pace(rate, codec.EFFORTS[effort].samples, codec.CodecConfig().rows_per_step)
+    settings = codec.EFFORTS[effort]
+    return codec.restart_pace(rate, codec.effort_samples(settings, rate), (settings.rows,))
 
 
 def _former_rule(first2: list[int], remaining: int) -> bool:

@@ -45,6 +45,8 @@ class Effort(NamedTuple):
     step_share: float  # share of the prior's sampler steps per sample
     output_samples: int  # samples averaged by the `mean` decode
     coarse: bool  # denoise at half resolution from the prior's coarse_sigma up
+    rows: float  # new rows per tile per step (rows_per_step), chosen among samples - 1 directions per tile
+    high_rate_samples: int  # samples per step from HIGH_RATE_BPP up: as many rows, chosen among more directions
 
 
 #: Encoder effort, like cjxl's -e or avifenc's --speed. Samples x a share of the prior's sampler steps is the denoiser
@@ -61,7 +63,15 @@ class Effort(NamedTuple):
 #: half-resolution level and 8 output samples measured, on all 24 Kodak photos at 0.1 bpp (float32), the default's
 #: quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24 better). More:
 #: examples/results/RESULTS.md "Effort".
-EFFORTS = {1: Effort(4, 2 / 3, 2, True), 2: Effort(4, 1.0, 4, True), 3: Effort(8, 1.0, 4, False)}
+EFFORTS = {1: Effort(4, 2 / 3, 2, True, 3.0, 6), 2: Effort(4, 1.0, 4, True, 3.0, 4),
+           3: Effort(8, 1.0, 4, False, 4.0, 8)}
+#: From this rate up, efforts take their high_rate_samples. At effort 1 and 0.2 bpp (whole Kodak photos, float32)
+#: 6 samples whose 5 directions per tile compete for the 3 rows per tile that 4 samples' 3 directions fill outright
+#: measured +0.30 dB on all 24 (better on 21, worse on none; +0.89 / +0.62 / +0.20 on kodim23 / 19 / 08) for 1.33
+#: times the evaluations, +0.44 dB over WebP (6 samples taking 4 rows per tile: +0.75 / +0.58 / -0.14; 8 taking 4:
+#: +1.07 / +0.50; 5 taking 4: -0.02 on kodim23; examples/results/RESULTS.md "More samples at 0.2 bpp"). Below it
+#: the time per photo matters more (about a minute at 0.1 bpp is the aim), so effort 1 keeps 4.
+HIGH_RATE_BPP = 0.15
 #: Effort 1 is the default since its steps' samples stop at the output's level (`auto_stop_sigma`): on all 24 whole
 #: Kodak photos (float32) it is ahead of WebP at 0.05 / 0.1 / 0.2 bpp and at 0.1 bpp above effort 3's own records, for
 #: 30-40 % of effort 3's evaluations (about a minute per photo at 0.1 bpp on a 2-core Xeon); `--effort 3` buys the
@@ -78,14 +88,16 @@ OUTPUT_STEPS_FACTOR = 2
 class CodecConfig:
     """Encoder settings; every value that the decoder needs is written to the header."""
 
-    effort: int = DEFAULT_EFFORT  # a key of EFFORTS: sets samples, sampler_steps and output_samples left at None
-    samples: int | None = None  # posterior samples per step (s); at most s-1 new rows per tile per step
+    effort: int = DEFAULT_EFFORT  # a key of EFFORTS: sets what is left at None below
+    samples: int | None = None  # posterior samples per step (s); at most s-1 new rows per tile per step; None: by
+    # effort and rate (effort_samples)
     sampler_steps: int | None = None  # denoiser evaluations per sample
     eta: float = 1.0
     output_samples: int | None = None  # samples averaged by the `mean` decode; None: by effort
     output_sampler_steps: int | None = None  # per output sample; None: OUTPUT_STEPS_FACTOR x sampler_steps
     coarse_sigma: float | None = None  # denoise at half resolution from this noise level up; 0: never; None: by effort
-    rows_per_step: tuple[float, ...] = (4.0,)  # new rows per tile at each step; the last value repeats
+    rows_per_step: tuple[float, ...] | None = None  # new rows per tile at each step, the last value repeating;
+    # None: by effort
     delta: float | None = None  # quantizer step in signal units; None: auto_delta(rate, texture)
     tile: int | None = None  # None: the prior's default
     window: int = 32  # sampling window core, tiles
@@ -825,7 +837,7 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     (None) after two steps when `_start_finer` says so."""
     h, w, channels = colour.shape
     effort = EFFORTS[cfg.effort]
-    samples = effort.samples if cfg.samples is None else cfg.samples
+    samples = effort_samples(effort, 8 * budget / (h * w)) if cfg.samples is None else cfg.samples
     sampler_steps = (max(1, round(prior.sampler_steps * effort.step_share)) if cfg.sampler_steps is None
                      else cfg.sampler_steps)
     tile = cfg.tile or prior.tile
@@ -838,8 +850,8 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
         output_sampler_steps=cfg.output_sampler_steps or OUTPUT_STEPS_FACTOR * sampler_steps,
         coarse_sigma=_effort_coarse_sigma(prior, effort, tile) if cfg.coarse_sigma is None else cfg.coarse_sigma,
         tile=tile, window=cfg.window, margin=cfg.margin,
-        float8="e4m3fn", delta=delta, rows_per_step=list(cfg.rows_per_step), coding=cfg.coding,
-        precision=cfg.precision)
+        float8="e4m3fn", delta=delta, rows_per_step=list(cfg.rows_per_step or (effort.rows,)),
+        coding=cfg.coding, precision=cfg.precision)
     try:
         header = Header.from_bytes(header.to_bytes())  # float fields as the decoder will read them (float32)
     except CorruptFileError as exc:  # a setting the format cannot hold: the caller's mistake, not a bad file
@@ -955,6 +967,11 @@ def _finish_pixels(colour: np.ndarray, header: Header, alpha: bytes | None) -> n
 def _channels_fit(channels: int, prior: Prior) -> bool:
     """Grey images can go through colour priors (replicated); colour images need a colour prior."""
     return channels == prior.pixel_channels or prior.pixel_channels == 3
+
+
+def effort_samples(effort: Effort, bits_per_pixel: float) -> int:
+    """Posterior samples per step that an effort takes at a rate (HIGH_RATE_BPP)."""
+    return effort.high_rate_samples if bits_per_pixel >= HIGH_RATE_BPP else effort.samples
 
 
 def _effort_coarse_sigma(prior: Prior, effort: Effort, tile: int) -> float:

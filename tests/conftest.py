@@ -28,7 +28,8 @@ def kodak_crop(name: str = "kodim23", size: tuple[int, int] = (128, 128), mode: 
 
 
 #: Few samples and sampler steps: the codec is the same, only cheaper (used by most tests).
-FAST = pillow_psc.CodecConfig(samples=4, sampler_steps=3, output_samples=2, coarse_sigma=0.0)  # full resolution
+# full resolution and 4 rows per tile per step: the settings the vectors were written with (PSC.md §16)
+FAST = pillow_psc.CodecConfig(samples=4, sampler_steps=3, output_samples=2, coarse_sigma=0.0, rows_per_step=(4.0,))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -81,15 +81,17 @@ def test_errors_are_one_line_and_leave_no_output(tmp_path, capsys):
 
 
 def test_encode_effort_sets_the_evaluations_per_step(tmp_path, capsys):
-    """--effort 1 takes 4 samples of two thirds of the prior's sampler steps (FFDNet: 6 -> 4) and 2 output samples
-    (one antithetic pair); --samples still wins."""
+    """--effort 1 takes two thirds of the prior's sampler steps (FFDNet: 6 -> 4), 3 rows per tile per step chosen
+    among the directions of 6 samples at this rate (6.25 bpp; 4 below HIGH_RATE_BPP) and 2 output samples (one
+    antithetic pair); --samples still wins."""
     src, out = tmp_path / "in.png", tmp_path / "fast.psc"
     Image.fromarray(kodak_crop("kodim23", (16, 16))).save(src)
-    for argv, expected in ((["--effort", "1"], (4, 4, 2)), (["--effort", "2", "--samples", "3"], (3, 6, 4))):
+    for argv, expected in ((["--effort", "1"], (6, 4, 2, [3.0])),
+                           (["--effort", "2", "--samples", "3"], (3, 6, 4, [3.0]))):
         assert main(["encode", str(src), str(out), "--max-bytes", "200", *argv]) == 0
         capsys.readouterr()
         assert main(["info", str(out), "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
-        assert (info["samples"], info["sampler_steps"], info["output_samples"]) == expected
+        assert (info["samples"], info["sampler_steps"], info["output_samples"], info["rows_per_step"]) == expected
     with pytest.raises(SystemExit):
         main(["encode", str(src), str(out), "--effort", "4"])

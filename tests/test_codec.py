@@ -58,20 +58,28 @@ def test_working_in_chunks_changes_nothing(crop64, encoded64, monkeypatch):
     assert np.array_equal(codec.decode_array(encoded.data).pixels, encoded64.reconstruct("mean"))
 
 
-def test_effort_sets_samples_sampler_steps_output_samples_and_coarse_sigma_unless_given(crop64):
+def test_effort_sets_samples_sampler_steps_output_samples_coarse_sigma_and_rows_unless_given(crop64, monkeypatch):
     """Effort picks the evaluations per step (samples x a share of the prior's sampler steps), the output
-    samples and whether high noise levels are denoised at half resolution; the default effort is the fastest (4
-    samples of two thirds of the prior's sampler steps, first level at half resolution); explicit values win; an
-    unknown effort is refused."""
-    small = crop64[:16, :16]
+    samples, whether high noise levels are denoised at half resolution and the rows per tile per step; the default
+    effort is the fastest (4 samples of two thirds of the prior's sampler steps, first level at half resolution,
+    3 rows per tile per step; 6 samples for those 3 rows from HIGH_RATE_BPP up); explicit values win; an unknown
+    effort is refused."""
+    small = crop64[:16, :16]  # 200 bytes: 6.25 bpp
     coarse = np.float32(FFDNetPrior.coarse_sigma)
-    for effort, expected in ((1, (4, 4, 2, coarse)), (2, (4, 6, 4, coarse)), (3, (8, 6, 4, 0.0))):
-        header = read_file(codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=effort)).data).header
-        assert (header.samples, header.sampler_steps, header.output_samples, header.coarse_sigma) == expected
+
+    def settings(config: codec.CodecConfig) -> tuple:
+        h = read_file(codec.encode(small, max_bytes=200, config=config).data).header
+        return h.samples, h.sampler_steps, h.output_samples, h.coarse_sigma, h.rows_per_step
+
+    for effort, expected in ((1, (6, 4, 2, coarse, [3.0])), (2, (4, 6, 4, coarse, [3.0])),
+                             (3, (8, 6, 4, 0.0, [4.0]))):
+        assert settings(codec.CodecConfig(effort=effort)) == expected
+    monkeypatch.setattr(codec, "HIGH_RATE_BPP", 6.5)
+    assert settings(codec.CodecConfig())[0] == 4
     assert codec.CodecConfig().effort == codec.DEFAULT_EFFORT == 1
-    explicit = codec.CodecConfig(effort=1, samples=3, sampler_steps=2, output_samples=6, coarse_sigma=0.0)
-    header = read_file(codec.encode(small, max_bytes=200, config=explicit).data).header
-    assert (header.samples, header.sampler_steps, header.output_samples, header.coarse_sigma) == (3, 2, 6, 0.0)
+    explicit = codec.CodecConfig(effort=1, samples=3, sampler_steps=2, output_samples=6, coarse_sigma=0.0,
+                                 rows_per_step=(1.5, 2.0))
+    assert settings(explicit) == (3, 2, 6, 0.0, [1.5, 2.0])
     with pytest.raises(ValueError, match="effort must be one of 1, 2, 3"):
         codec.encode(small, max_bytes=200, config=codec.CodecConfig(effort=0))
 
@@ -290,9 +298,11 @@ def test_start_finer_after_two_steps_off_pace(step_bytes, remaining, pace, resta
 
 @pytest.mark.parametrize("effort, paces", [(1, (8, 8, 12)), (2, (8, 8, 12)), (3, (6, 6, 9))])
 def test_the_restart_pace_counts_rows_per_tile_not_steps(effort, paces):
-    """Measured at 3 rows per tile per step (4 samples); effort 3's 8 samples take 4, so it allows 3/4 the steps."""
-    samples = codec.EFFORTS[effort].samples
-    assert [codec.restart_pace(r, samples, (4.0,)) for r in (0.05, 0.1, 0.2)] == pytest.approx(paces)
+    """Measured at 3 rows per tile per step (4 samples; effort 1's 6 samples from 0.15 bpp take 3 too); effort 3's
+    8 samples take 4, so it allows 3/4 the steps."""
+    settings = codec.EFFORTS[effort]
+    assert [codec.restart_pace(r, codec.effort_samples(settings, r), (settings.rows,))
+            for r in (0.05, 0.1, 0.2)] == pytest.approx(paces)
     assert codec.restart_pace(0.1, 16, (1.0, 6.0)) == pytest.approx(4)  # the second step's rows count
 
 
@@ -307,7 +317,8 @@ def test_the_encoder_judges_starting_again_at_the_restart_pace(crop64, monkeypat
     monkeypatch.setattr(codec, "_start_finer", spy)
     config = replace(FAST, samples=None, effort=effort)
     codec.encode(crop64, rate=0.6, config=config)
-    assert paces and set(paces) == {codec.restart_pace(0.6, codec.EFFORTS[effort].samples, config.rows_per_step)}
+    samples = codec.effort_samples(codec.EFFORTS[effort], 0.6)
+    assert paces and set(paces) == {codec.restart_pace(0.6, samples, config.rows_per_step)}
 
 
 def test_raw_coding_keeps_the_automatic_step(crop64, monkeypatch):
