@@ -836,8 +836,9 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     is refined from step to step (`_off_pace`), without it stays `delta`; with `may_restart` the encode gives up
     (None) after two steps when `_start_finer` says so."""
     h, w, channels = colour.shape
+    bits_per_pixel = 8 * budget / (h * w)
     effort = EFFORTS[cfg.effort]
-    samples = effort_samples(effort, 8 * budget / (h * w)) if cfg.samples is None else cfg.samples
+    samples = effort_samples(effort, bits_per_pixel) if cfg.samples is None else cfg.samples
     sampler_steps = (max(1, round(prior.sampler_steps * effort.step_share)) if cfg.sampler_steps is None
                      else cfg.sampler_steps)
     tile = cfg.tile or prior.tile
@@ -875,7 +876,6 @@ def _encode_with_delta(colour: np.ndarray, alpha: np.ndarray | None, budget: int
     signal_tiles = state.grid.to_tiles(signal)[:, 0]
     psc.data.append(_encode_base(state, signal_tiles, remaining, cfg.base_share))
     remaining -= len(pack_chunk(b"DATA", psc.data[0].to_bytes()))
-    bits_per_pixel = 8 * budget / (h * w)
     delta_code, step_bytes, pace = 0, [], pace_steps(bits_per_pixel)
     start_again_pace = restart_pace(bits_per_pixel, header.samples, header.rows_per_step)
     with _progress(progress, "encode", None) as bar:
