@@ -5,7 +5,8 @@
 `psc bench` decodes every file twice (mean and sample) and drives the baselines to the target rates, where WebP
 often cannot go (its smallest Kodak file is 0.07-0.21 bpp). This script is the cheaper whole-photo run:
 
-* PSC: one encode per photo and rate with the default settings; the PSNR is that of the encoder's `mean`
+* PSC: one encode per photo and rate with the effort's settings (`--samples` overrides its samples per step, for
+  screening a change before it becomes an effort's); the PSNR is that of the encoder's `mean`
   reconstruction, which is what the decoder returns (tests/test_codec.py checks that they are bit-identical).
   Each result is appended to `psc.jsonl` as soon as it exists, and photos already there are skipped, so a run
   of an hour or more can be stopped and resumed.
@@ -61,7 +62,8 @@ def encode_photos(names: list[str], rates: list[float], config: pillow_psc.Codec
             record = {"image": name, "rate": rate, "bpp": 8 * len(encoded.data) / pixels[..., 0].size,
                       "psnr": psnr(pixels, encoded.reconstruct("mean")), "encode_s": round(seconds, 1),
                       "evaluations": encoded.evaluations, "delta": header.delta, "steps": encoded.steps,
-                      "precision": header.precision, "effort": config.effort}
+                      "precision": header.precision, "effort": config.effort, "samples": header.samples,
+                      "rows_per_step": header.rows_per_step}
             (out / f"{name}_{rate}.psc").write_bytes(encoded.data)
             with open(out / "psc.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", choices=pillow_psc.container.PRECISIONS, default="float32")
     parser.add_argument("--effort", type=int, choices=sorted(pillow_psc.codec.EFFORTS),
                         default=pillow_psc.codec.DEFAULT_EFFORT, help="encoder effort (pillow_psc.codec.EFFORTS)")
+    parser.add_argument("--samples", type=int, help="posterior samples per step (default: by effort and rate)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--crop", type=int, help="centre crop N x N (default: whole photos; for quick checks)")
     parser.add_argument("--out", type=Path, default=Path("kodak24"))
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         merge(args.merge, args.out)
         table = summary(args.out, json.loads(baselines.read_text())) + "\n\n" + sources(args.out)
     else:
-        config = pillow_psc.CodecConfig(precision=args.precision, effort=args.effort)
+        config = pillow_psc.CodecConfig(precision=args.precision, effort=args.effort, samples=args.samples)
         encode_photos(args.images, args.rates, config, args.out, args.crop)
         table = summary(args.out, sweep_baselines(args.images, baselines, args.crop))
     if args.compare:

@@ -22,10 +22,11 @@ def _example(name: str):
 
 def test_kodak_whole_compares_at_psc_bpp_and_resumes(tmp_path, capsys):
     kodak_whole = _example("kodak_whole")
-    argv = ["--images", "kodim23", "--rates", "0.6", "--crop", "64", "--out", str(tmp_path)]
+    argv = ["--images", "kodim23", "--rates", "0.6", "--crop", "64", "--samples", "5", "--out", str(tmp_path)]
     kodak_whole.main(argv)
     record, = [json.loads(line) for line in (tmp_path / "psc.jsonl").read_text().splitlines()]
     assert record["image"] == "kodim23" and 0.3 < record["bpp"] <= 0.6 and record["psnr"] > 15 and record["effort"] == 1
+    assert record["samples"] == 5 and record["rows_per_step"] == [3.0]  # --samples overrides the effort's 6
     assert (tmp_path / "kodim23_0.6.psc").stat().st_size * 8 == pytest.approx(record["bpp"] * 64 * 64)
     curves = json.loads((tmp_path / "baselines.json").read_text())
     assert set(curves) == {f"kodim23/{c}" for c in kodak_whole.BASELINES}
