@@ -70,13 +70,16 @@ EFFORTS = {1: Effort(4, 2 / 3, 2, True, 3.0, 6), 2: Effort(4, 1.0, 4, True, 3.0,
 #: measured +0.30 dB on all 24 (better on 21, worse on none; +0.89 / +0.62 / +0.20 on kodim23 / 19 / 08) for 1.33
 #: times the evaluations, +0.44 dB over WebP (6 samples taking 4 rows per tile: +0.75 / +0.58 / -0.14; 8 taking 4:
 #: +1.07 / +0.50; 5 taking 4: -0.02 on kodim23; examples/results/RESULTS.md "More samples at 0.2 bpp"). Below it
-#: the time per photo matters more (about a minute at 0.1 bpp is the aim), so effort 1 keeps 4.
+#: effort 1 keeps 4, for the minute per photo at 0.1 bpp: 6 samples there measured only +0.14 dB on all 24 for 1.38
+#: times the evaluations, while effort 2's six sampler steps of 4 samples gave +0.18 dB in the same time
+#: ("More samples at 0.1 bpp").
 HIGH_RATE_BPP = 0.15
 #: Effort 1 is the default since its steps' samples stop at the output's level (`auto_stop_sigma`): on all 24 whole
 #: Kodak photos (float32) it is ahead of WebP at 0.05 / 0.1 / 0.2 bpp and at 0.1 bpp above effort 3's own records, for
-#: 30-40 % of effort 3's evaluations (about a minute per photo at 0.1 bpp on a 2-core Xeon); `--effort 3` buys the
-#: rest: about 0.2 dB at 0.1 bpp, 0.04-0.6 dB at 0.2 bpp since effort 1 takes 6 samples there (0.5-1.5 dB with 4;
-#: RESULTS.md, "The default effort", "More samples at 0.2 bpp").
+#: 30-40 % of effort 3's evaluations (about a minute per photo at 0.1 bpp on a 2-core Xeon); `--effort 2` buys
+#: +0.18 dB at 0.1 bpp (all 24 photos) for 1.5 times its evaluations, `--effort 3` about as much at 0.1 bpp (4
+#: photos) for 2-3 times and 0.04-0.6 dB at 0.2 bpp since effort 1 takes 6 samples there (0.5-1.5 dB with 4;
+#: RESULTS.md, "The default effort", "More samples at 0.2 bpp", "More samples at 0.1 bpp").
 DEFAULT_EFFORT = 1
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
 #: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (effort
