@@ -63,7 +63,7 @@ class Effort(NamedTuple):
 #: half-resolution level and 8 output samples measured, on all 24 Kodak photos at 0.1 bpp (float32), the default's
 #: quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24 better). More:
 #: examples/results/RESULTS.md "Effort".
-EFFORTS = {1: Effort(4, 2 / 3, 2, True, 3.0, 6), 2: Effort(4, 1.0, 4, True, 3.0, 4),
+EFFORTS = {1: Effort(4, 2 / 3, 2, True, 3.0, 6), 2: Effort(4, 1.0, 4, True, 3.0, 6),
            3: Effort(8, 1.0, 4, False, 4.0, 8)}
 #: From this rate up, efforts take their high_rate_samples. At effort 1 and 0.2 bpp (whole Kodak photos, float32)
 #: 6 samples whose 5 directions per tile compete for the 3 rows per tile that 4 samples' 3 directions fill outright
@@ -72,13 +72,15 @@ EFFORTS = {1: Effort(4, 2 / 3, 2, True, 3.0, 6), 2: Effort(4, 1.0, 4, True, 3.0,
 #: +1.07 / +0.50; 5 taking 4: -0.02 on kodim23; examples/results/RESULTS.md "More samples at 0.2 bpp"). Below it
 #: effort 1 keeps 4, for the minute per photo at 0.1 bpp: 6 samples there measured only +0.14 dB on all 24 for 1.38
 #: times the evaluations, while effort 2's six sampler steps of 4 samples gave +0.18 dB in the same time
-#: ("More samples at 0.1 bpp").
+#: ("More samples at 0.1 bpp"). Effort 2 with 6 samples at 0.2 bpp measured 28.86 dB on all 24, +0.18 dB over
+#: effort 1 (better on 22, worse on 1) for 1.52 times its evaluations, +0.58 over its older 4-sample records
+#: (24 of 24 better; +0.68 / +0.19 over 4 samples of the same encoder on kodim19 / 08), -0.23 dB against AVIF.
 HIGH_RATE_BPP = 0.15
 #: Effort 1 is the default since its steps' samples stop at the output's level (`auto_stop_sigma`): on all 24 whole
 #: Kodak photos (float32) it is ahead of WebP at 0.05 / 0.1 / 0.2 bpp and at 0.1 bpp above effort 3's own records, for
-#: 30-40 % of effort 3's evaluations (about a minute per photo at 0.1 bpp on a 2-core Xeon); `--effort 2` buys
-#: +0.18 dB at 0.1 bpp (all 24 photos) for 1.5 times its evaluations, `--effort 3` about as much at 0.1 bpp (4
-#: photos) for 2-3 times and 0.04-0.6 dB at 0.2 bpp since effort 1 takes 6 samples there (0.5-1.5 dB with 4;
+#: 30-40 % of effort 3's evaluations (about a minute per photo at 0.1 bpp on a 2-core Xeon); `--effort 2` buys +0.10 /
+#: +0.18 / +0.18 dB at 0.05 / 0.1 / 0.2 bpp (all 24 photos) for 1.5 times its evaluations, `--effort 3` about as much at
+#: 0.1 bpp (4 photos) for 2-3 times and 0.04-0.6 dB at 0.2 bpp since effort 1 takes 6 samples there (0.5-1.5 dB with 4;
 #: RESULTS.md, "The default effort", "More samples at 0.2 bpp", "More samples at 0.1 bpp").
 DEFAULT_EFFORT = 1
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this

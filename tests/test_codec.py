@@ -71,7 +71,7 @@ def test_effort_sets_samples_sampler_steps_output_samples_coarse_sigma_and_rows_
         h = read_file(codec.encode(small, max_bytes=200, config=config).data).header
         return h.samples, h.sampler_steps, h.output_samples, h.coarse_sigma, h.rows_per_step
 
-    for effort, expected in ((1, (6, 4, 2, coarse, [3.0])), (2, (4, 6, 4, coarse, [3.0])),
+    for effort, expected in ((1, (6, 4, 2, coarse, [3.0])), (2, (6, 6, 4, coarse, [3.0])),
                              (3, (8, 6, 4, 0.0, [4.0]))):
         assert settings(codec.CodecConfig(effort=effort)) == expected
     monkeypatch.setattr(codec, "HIGH_RATE_BPP", 6.5)
