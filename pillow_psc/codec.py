@@ -79,9 +79,10 @@ HIGH_RATE_BPP = 0.15
 #: Effort 1 is the default since its steps' samples stop at the output's level (`auto_stop_sigma`): on all 24 whole
 #: Kodak photos (float32) it is ahead of WebP at 0.05 / 0.1 / 0.2 bpp and at 0.1 bpp above effort 3's own records, for
 #: 30-40 % of effort 3's evaluations (about a minute per photo at 0.1 bpp on a 2-core Xeon); `--effort 2` buys +0.10 /
-#: +0.18 / +0.18 dB at 0.05 / 0.1 / 0.2 bpp (all 24 photos) for 1.5 times its evaluations, `--effort 3` about as much at
-#: 0.1 bpp (4 photos) for 2-3 times and 0.04-0.6 dB at 0.2 bpp since effort 1 takes 6 samples there (0.5-1.5 dB with 4;
-#: RESULTS.md, "The default effort", "More samples at 0.2 bpp", "More samples at 0.1 bpp").
+#: +0.18 / +0.18 dB at 0.05 / 0.1 / 0.2 bpp (all 24 photos) for 1.5 times its evaluations, `--effort 3` nothing at 0.05
+#: bpp (+0.02 dB, all 24), about as much at 0.1 bpp (4 photos) for 2-3 times and 0.04-0.6 dB at 0.2 bpp since effort 1
+#: takes 6 samples there (0.5-1.5 dB with 4; RESULTS.md, "The default effort", "More samples at 0.2 bpp", "More samples
+#: at 0.1 bpp").
 DEFAULT_EFFORT = 1
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
 #: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (effort

@@ -62,8 +62,8 @@ def test_effort_sets_samples_sampler_steps_output_samples_coarse_sigma_and_rows_
     """Effort picks the evaluations per step (samples x a share of the prior's sampler steps), the output
     samples, whether high noise levels are denoised at half resolution and the rows per tile per step; the default
     effort is the fastest (4 samples of two thirds of the prior's sampler steps, first level at half resolution,
-    3 rows per tile per step; 6 samples for those 3 rows from HIGH_RATE_BPP up); explicit values win; an unknown
-    effort is refused."""
+    3 rows per tile per step; 6 samples for those 3 rows from HIGH_RATE_BPP up, as at effort 2); explicit values
+    win; an unknown effort is refused."""
     small = crop64[:16, :16]  # 200 bytes: 6.25 bpp
     coarse = np.float32(FFDNetPrior.coarse_sigma)
 
@@ -75,7 +75,7 @@ def test_effort_sets_samples_sampler_steps_output_samples_coarse_sigma_and_rows_
                              (3, (8, 6, 4, 0.0, [4.0]))):
         assert settings(codec.CodecConfig(effort=effort)) == expected
     monkeypatch.setattr(codec, "HIGH_RATE_BPP", 6.5)
-    assert settings(codec.CodecConfig())[0] == 4
+    assert settings(codec.CodecConfig())[0] == settings(codec.CodecConfig(effort=2))[0] == 4
     assert codec.CodecConfig().effort == codec.DEFAULT_EFFORT == 1
     explicit = codec.CodecConfig(effort=1, samples=3, sampler_steps=2, output_samples=6, coarse_sigma=0.0,
                                  rows_per_step=(1.5, 2.0))
