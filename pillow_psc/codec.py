@@ -64,7 +64,7 @@ class Effort(NamedTuple):
 #: quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24 better). More:
 #: examples/results/RESULTS.md "Effort".
 EFFORTS = {1: Effort(4, 2 / 3, 2, True, 3.0, 6), 2: Effort(4, 1.0, 4, True, 3.0, 6),
-           3: Effort(8, 1.0, 4, False, 4.0, 8)}
+           3: Effort(4, 2.0, 4, True, 3.0, 6)}
 #: From this rate up, efforts take their high_rate_samples. At effort 1 and 0.2 bpp (whole Kodak photos, float32)
 #: 6 samples whose 5 directions per tile compete for the 3 rows per tile that 4 samples' 3 directions fill outright
 #: measured +0.30 dB on all 24 (better on 21, worse on none; +0.89 / +0.62 / +0.20 on kodim23 / 19 / 08) for 1.33
@@ -77,12 +77,11 @@ EFFORTS = {1: Effort(4, 2 / 3, 2, True, 3.0, 6), 2: Effort(4, 1.0, 4, True, 3.0,
 #: (24 of 24 better; +0.68 / +0.19 over 4 samples of the same encoder on kodim19 / 08), -0.23 dB against AVIF.
 HIGH_RATE_BPP = 0.15
 #: Effort 1 is the default since its steps' samples stop at the output's level (`auto_stop_sigma`): on all 24 whole
-#: Kodak photos (float32) it is ahead of WebP at 0.05 / 0.1 / 0.2 bpp and at 0.1 bpp above effort 3's own records, for
-#: 30-40 % of effort 3's evaluations (about a minute per photo at 0.1 bpp on a 2-core Xeon); `--effort 2` buys +0.10 /
-#: +0.18 / +0.18 dB at 0.05 / 0.1 / 0.2 bpp (all 24 photos) for 1.5 times its evaluations, `--effort 3` nothing at 0.05
-#: bpp (+0.02 dB, all 24), about as much at 0.1 bpp (4 photos) for 2-3 times and 0.04-0.6 dB at 0.2 bpp since effort 1
-#: takes 6 samples there (0.5-1.5 dB with 4; RESULTS.md, "The default effort", "More samples at 0.2 bpp", "More samples
-#: at 0.1 bpp").
+#: Kodak photos (float32) it is ahead of WebP at 0.05 / 0.1 / 0.2 bpp and at 0.1 bpp above the former effort 3's
+#: records, for 30-40 % of its evaluations (about a minute per photo at 0.1 bpp on a 2-core Xeon); `--effort 2` buys
+#: +0.10 / +0.18 / +0.18 dB at 0.05 / 0.1 / 0.2 bpp (all 24 photos) for 1.5 times its evaluations, `--effort 3` +0.20 dB
+#: at 0.05 bpp (all 24) and +0.45 dB at 0.1 bpp (4 photos) for about 3 times (RESULTS.md, "The default effort", "Effort
+#: 3: twice the sampler steps", "More samples at 0.2 bpp", "More samples at 0.1 bpp").
 DEFAULT_EFFORT = 1
 #: The output image is sampled once, so it can afford finer noise levels than the steps: its samples take this
 #: many times the steps' sampler steps (format version 6). Against 4 samples x 6 steps, bfloat16: 8 x 12 (effort
@@ -549,9 +548,9 @@ def restart_pace(bits_per_pixel: float, samples: int, rows_per_step: Sequence[fl
     """The steps `_start_finer` allows: `pace_steps` counted in rows per tile, so that the test reads the content,
     not the effort. The second step's rows per tile are its rows_per_step, at most the samples - 1 directions.
 
-    At effort 3 a step takes 4 rows per tile (8 samples), so a photo meets a pace counted in steps 1.4-1.6x sooner;
+    A step of 4 rows per tile (8 samples, as effort 3 took before) meets a pace counted in steps 1.4-1.6x sooner;
     counted in steps, the test kept the step on photos that gain by starting again. Counted in rows (6 steps up to
-    0.1 bpp, 9 at 0.2 bpp at effort 3), measured with both choices on the 11 Kodak photos it changes (float32,
+    0.1 bpp, 9 at 0.2 bpp at 4 rows per tile), measured with both choices on the 11 Kodak photos it changes (float32,
     examples/results/RESULTS.md "Starting again, at effort 3"): at 0.1 bpp +0.21 dB mean over 6 photos (kodim09, 10,
     17, 20: +0.44..+0.81; kodim06, 19 at 6.3 and 6.2 steps: -0.32, -0.96) for 480-576 encoder evaluations instead of
     768 (fewer, larger steps); at 0.2 bpp +0.64 over 4 (-0.02..+1.20). The refinement (`_off_pace`) keeps

@@ -72,7 +72,7 @@ def test_effort_sets_samples_sampler_steps_output_samples_coarse_sigma_and_rows_
         return h.samples, h.sampler_steps, h.output_samples, h.coarse_sigma, h.rows_per_step
 
     for effort, expected in ((1, (6, 4, 2, coarse, [3.0])), (2, (6, 6, 4, coarse, [3.0])),
-                             (3, (8, 6, 4, 0.0, [4.0]))):
+                             (3, (6, 12, 4, coarse, [3.0]))):
         assert settings(codec.CodecConfig(effort=effort)) == expected
     monkeypatch.setattr(codec, "HIGH_RATE_BPP", 6.5)
     assert settings(codec.CodecConfig())[0] == settings(codec.CodecConfig(effort=2))[0] == 4
@@ -296,18 +296,19 @@ def test_start_finer_after_two_steps_off_pace(step_bytes, remaining, pace, resta
     assert codec._start_finer(step_bytes, remaining, pace) is restart
 
 
-@pytest.mark.parametrize("effort, paces", [(1, (8, 8, 12)), (2, (8, 8, 12)), (3, (6, 6, 9))])
-def test_the_restart_pace_counts_rows_per_tile_not_steps(effort, paces):
-    """Measured at 3 rows per tile per step (4 samples; effort 1's 6 samples from 0.15 bpp take 3 too); effort 3's
-    8 samples take 4, so it allows 3/4 the steps."""
+@pytest.mark.parametrize("effort", [1, 2, 3])
+def test_the_restart_pace_counts_rows_per_tile_not_steps(effort):
+    """Measured at 3 rows per tile per step, which every effort takes (4 samples; 6 from 0.15 bpp take 3 too); 8
+    samples taking 4 rows per tile (effort 3 before) allow 3/4 the steps."""
     settings = codec.EFFORTS[effort]
     assert [codec.restart_pace(r, codec.effort_samples(settings, r), (settings.rows,))
-            for r in (0.05, 0.1, 0.2)] == pytest.approx(paces)
+            for r in (0.05, 0.1, 0.2)] == pytest.approx((8, 8, 12))
+    assert [codec.restart_pace(r, 8, (4.0,)) for r in (0.05, 0.1, 0.2)] == pytest.approx((6, 6, 9))
     assert codec.restart_pace(0.1, 16, (1.0, 6.0)) == pytest.approx(4)  # the second step's rows count
 
 
-@pytest.mark.parametrize("effort", [1, 3])
-def test_the_encoder_judges_starting_again_at_the_restart_pace(crop64, monkeypatch, effort):
+@pytest.mark.parametrize("samples", [4, 8])
+def test_the_encoder_judges_starting_again_at_the_restart_pace(crop64, monkeypatch, samples):
     paces = []
 
     def spy(step_bytes, remaining, pace):
@@ -315,9 +316,8 @@ def test_the_encoder_judges_starting_again_at_the_restart_pace(crop64, monkeypat
         return False
 
     monkeypatch.setattr(codec, "_start_finer", spy)
-    config = replace(FAST, samples=None, effort=effort)
+    config = replace(FAST, samples=samples)  # 4 rows per tile per step: 3 of 4 samples' directions, 4 of 8's
     codec.encode(crop64, rate=0.6, config=config)
-    samples = codec.effort_samples(codec.EFFORTS[effort], 0.6)
     assert paces and set(paces) == {codec.restart_pace(0.6, samples, config.rows_per_step)}
 
 
