@@ -61,8 +61,13 @@ class Effort(NamedTuple):
 #: threshold of 0.1 (two of its four levels) -0.17 / -0.22 dB on kodim23 / 19, and a quarter resolution for the first
 #: level -0.49 / -0.07 dB. Effort 2 was 5 x 4 (only 0.03 dB above effort 1 on 8 whole photos); 4 x 6 with the
 #: half-resolution level and 8 output samples measured, on all 24 Kodak photos at 0.1 bpp (float32), the default's
-#: quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24 better). More:
-#: examples/results/RESULTS.md "Effort".
+#: quality (-0.01 dB) for 58 % of its evaluations, +0.18 dB over effort 1 (20 of 24 better). Effort 3 was 8 x 6 at
+#: full resolution taking 4 rows per tile (the default before format 10's encoder) and fell 0.08 dB below effort 2 on
+#: all 24 photos at 0.05 bpp; it is now effort 2 with twice the sampler steps (4 x 12, the same 48 evaluations per
+#: window and step as 8 x 6): at 0.05 bpp +0.10 dB over effort 2 on all 24 (better on 18, worse on none) for 2.1 times
+#: its evaluations, +0.27 dB on four photos at 0.1 bpp and +0.15 / +0.18 / +0.37 dB on kodim19 / 23 / 08 at 0.2 bpp
+#: (9 steps: +0.10 dB at 0.05 bpp on four photos). More: examples/results/RESULTS.md "Effort", "Effort 3: twice the
+#: sampler steps".
 EFFORTS = {1: Effort(4, 2 / 3, 2, True, 3.0, 6), 2: Effort(4, 1.0, 4, True, 3.0, 6),
            3: Effort(4, 2.0, 4, True, 3.0, 6)}
 #: From this rate up, efforts take their high_rate_samples. At effort 1 and 0.2 bpp (whole Kodak photos, float32)
