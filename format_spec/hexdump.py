@@ -85,6 +85,8 @@ def _head(f: _Fields, p: int, end: int) -> str:
         p = f.add(p, 4, "coarse_sigma (f32)", round(struct.unpack(">f", d[p:p + 4])[0], 9))
     if version >= 10:
         p = f.add(p, 4, "mean_sigma_min (f32)", round(struct.unpack(">f", d[p:p + 4])[0], 9))
+    if version >= 11:
+        p = f.add(p, 4, "extrapolation (f32)", round(struct.unpack(">f", d[p:p + 4])[0], 9))
     if p != end:
         raise ValueError("HEAD payload length does not match its fields")
     return coding

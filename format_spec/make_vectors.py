@@ -107,11 +107,11 @@ class Source:
 
 
 SOURCES = [
-    Source("gray_8x8.psc", "kodim08", (8, 8), "L", 219,
+    Source("gray_8x8.psc", "kodim08", (8, 8), "L", 223,
            "L 8x8 (smaller than one 16x16 tile): the file of the worked hex dump in PSC.md"),
-    Source("gray_16x16.psc", "kodim19", (16, 16), "L", 250, "L 16x16, one tile"),
+    Source("gray_16x16.psc", "kodim19", (16, 16), "L", 254, "L 16x16, one tile"),
     Source("gray_17x9.psc", "kodim05", (17, 9), "L", 260, "L 17x9: odd sizes, two tiles, padding"),
-    Source("la_15x15.psc", "kodim15", (15, 15), "LA", 424, "LA 15x15: grey with an ALPH chunk",
+    Source("la_15x15.psc", "kodim15", (15, 15), "LA", 428, "LA 15x15: grey with an ALPH chunk",
            alpha_from="kodim03"),
     Source("rgb_16x16.psc", "kodim23", (16, 16), "RGB", 300, "RGB 16x16, one tile, several adaptive steps"),
     Source("rgb_33x21.psc", "kodim23", (33, 21), "RGB", 420,
@@ -123,14 +123,14 @@ SOURCES = [
     Source("rgb_48x32_windows.psc", "kodim01", (48, 32), "RGB", 640,
            "RGB 48x32 with tile 8, window 2, margin 1 (6x4 tiles, 6 sampling windows), rows_per_step [1.0, 0.5]",
            seed=12345, config={"tile": 8, "window": 2, "margin": 1, "rows_per_step": (1.0, 0.5)}),
-    Source("rgb_32x24_raw.psc", "kodim04", (32, 24), "RGB", 300,
+    Source("rgb_32x24_raw.psc", "kodim04", (32, 24), "RGB", 304,
            "RGB 32x24 with coding raw: adaptive measurements as unscaled float8 bytes (the paper's quantizer)",
            config={"coding": "raw"}),
     Source("rgb_16x16_bf16.psc", "kodim23", (16, 16), "RGB", 300,
            "rgb_16x16.psc with precision bfloat16: the denoiser runs under bfloat16 autocast (its pixels depend on "
            "the CPU's bfloat16 kernels: AVX-512 without bfloat16 instructions on the reference build)",
            config={"precision": "bfloat16"}),
-    Source("rgb_32x32_coarse.psc", "kodim19", (32, 32), "RGB", 404,
+    Source("rgb_32x32_coarse.psc", "kodim19", (32, 32), "RGB", 408,
            "RGB 32x32 with coarse_sigma 0.1: noise levels from 0.1 up are denoised at half resolution (the first of "
            "the 3 sampler steps, the first 3 of the 6 output ones)", config={"coarse_sigma": 0.1}),
 ]
@@ -161,6 +161,8 @@ LEGACY = {
     "v9_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 9 (no mean_sigma_min field: the output's "
                          "samples stop at sigma_min)",
                          "eb2db847b7f2e571dc6bc49f6253ccb45b7383edbc4a6f8c21e92909b667736c"),
+    "v10_rgb_33x21.psc": ("rgb_33x21.psc as written in format version 10 (no extrapolation field: a first-order "
+                          "sampler)", "70f439c0721d1b40e5fd0a423aced9ee01f4b862e17d664d48c664620837d2cf"),
 }
 
 
@@ -176,7 +178,8 @@ def source_pixels(src: Source) -> np.ndarray:
 
 #: Encoder choices (not format rules) pinned here, so retuning the encoder's defaults leaves the vectors and the
 #: worked example in PSC.md unchanged.
-PINNED_ENCODER_SETTINGS = {"delta": 0.08, "base_share": 0.5, "sigma_min": 1.5 / 255, "mean_sigma_min": 20 / 255}
+PINNED_ENCODER_SETTINGS = {"delta": 0.08, "base_share": 0.5, "sigma_min": 1.5 / 255, "mean_sigma_min": 20 / 255,
+                           "extrapolation": 0.5}
 
 
 def encode_source(src: Source):
@@ -294,24 +297,27 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
         ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_11.psc", replace_head(base, lambda p: p.__setitem__(0, 11)), "format version 11, CRC recomputed",
+        ("version_12.psc", replace_head(base, lambda p: p.__setitem__(0, 12)), "format version 12, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
-        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-12, 2)),
+        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-16, 2)),
          "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
-        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-11, 2)),
+        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-15, 2)),
          "HEAD precision field 2 (only 0 and 1 are defined), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
-        ("output_steps_zero.psc", replace_head(base, lambda p: p.__setitem__(slice(-10, -8), b"\x00\x00")),
+        ("output_steps_zero.psc", replace_head(base, lambda p: p.__setitem__(slice(-14, -12), b"\x00\x00")),
          "HEAD output_sampler_steps 0 (the range is 1..1000), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("coarse_sigma_negative.psc",
-         replace_head(base, lambda p: p.__setitem__(slice(-8, -4), struct.pack(">f", -0.3))),
+         replace_head(base, lambda p: p.__setitem__(slice(-12, -8), struct.pack(">f", -0.3))),
          "HEAD coarse_sigma -0.3 (the range is 0 ..< 10^4), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("mean_sigma_min_above_max.psc",
-         replace_head(base, lambda p: p.__setitem__(slice(-4, None), struct.pack(">f", 1.0))),
+         replace_head(base, lambda p: p.__setitem__(slice(-8, -4), struct.pack(">f", 1.0))),
          "HEAD mean_sigma_min 1.0, above sigma_max (the range is sigma_min ..= sigma_max), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
+        ("extrapolation_above_one.psc",
+         replace_head(base, lambda p: p.__setitem__(slice(-4, None), struct.pack(">f", 1.5))),
+         "HEAD extrapolation 1.5 (the range is 0 ..= 1), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
         ("raw_nan.psc", edit_data(1, lambda p: p.__setitem__(12, 0x7F), good["rgb_32x24_raw.psc"]),
          "rgb_32x24_raw.psc with its first raw float8 byte of DATA step 1 set to NaN (0x7F), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),

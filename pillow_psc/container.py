@@ -20,10 +20,11 @@ from typing import BinaryIO, Iterator
 from .errors import CorruptFileError, NotPSCError, UnsupportedFileError
 
 SIGNATURE = b"\x89PSC\r\n\x1a\n"
-FORMAT_VERSION = 10  # written by this build
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)  # 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision,
-# 5 +delta code, 6 +output_sampler_steps, 7 +coarse_sigma, 8 thread-invariant upsampling (§6.9), 9 antithetic
-# output samples (§6.9), 10 +mean_sigma_min (§6.12)
+FORMAT_VERSION = 11  # written by this build
+# 1 ranks by raw spread (PSC.md §6.10); 3 +coding, 4 +precision, 5 +delta code, 6 +output_sampler_steps,
+# 7 +coarse_sigma, 8 thread-invariant upsampling (§6.9), 9 antithetic output samples (§6.9), 10 +mean_sigma_min
+# (§6.12), 11 +extrapolation (§6.9)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 CODINGS = ("innovation", "raw")  # how adaptive measurements are coded (PSC.md §6.11)
 PRECISIONS = ("float32", "bfloat16")  # arithmetic of the denoiser (PSC.md §6.2)
 MAX_DIMENSION = 65535
@@ -65,6 +66,7 @@ class Header:
     output_sampler_steps: int | None = None  # denoiser evaluations per output sample; None: sampler_steps
     coarse_sigma: float = 0.0  # noise levels from this one up are denoised at half resolution; 0: none
     mean_sigma_min: float | None = None  # lowest noise level of the `mean` output's samples; None: sigma_min
+    extrapolation: float = 0.0  # weight of the sampler's second-order term (PSC.md §6.9); 0: first order
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -108,6 +110,10 @@ class Header:
             out.write(struct.pack(">f", self.mean_sigma_min))
         elif self.mean_sigma_min != self.sigma_min:
             raise ValueError(f"format version {self.version} cannot hold mean_sigma_min")
+        if self.version >= 11:
+            out.write(struct.pack(">f", self.extrapolation))
+        elif self.extrapolation:
+            raise ValueError(f"format version {self.version} cannot hold extrapolation")
         return out.getvalue()
 
     @classmethod
@@ -132,13 +138,15 @@ class Header:
         (out_steps,) = r.unpack(">H") if version >= 6 else (steps,)
         (coarse_sigma,) = r.unpack(">f") if version >= 7 else (0.0,)
         (mean_sigma_min,) = r.unpack(">f") if version >= 10 else (smin,)
+        (extrapolation,) = r.unpack(">f") if version >= 11 else (0.0,)
         r.finish()
         for name, value, names in (("coding", coding, CODINGS), ("precision", precision, PRECISIONS)):
             if value >= len(names):
                 raise CorruptFileError(f"header field {name} has the unknown value {value}")
         hdr = cls(width, height, channels, bool(flags & 1), prior_id, sha, seed, prompt, sampler, steps, samples,
                   eta, smax, smin, out_samples, tile, window, margin, float8, delta, rates,
-                  CODINGS[coding], PRECISIONS[precision], out_steps, coarse_sigma, mean_sigma_min, version)
+                  CODINGS[coding], PRECISIONS[precision], out_steps, coarse_sigma, mean_sigma_min, extrapolation,
+                  version)
         hdr.validate()
         return hdr
 
@@ -159,7 +167,7 @@ class Header:
             (1 <= self.output_samples <= 256, "output_samples"), (0.0 <= self.eta <= 1.0, "eta"),
             (0.0 < self.sigma_min <= self.sigma_max < 1e4, "sigma range"), (0.0 < self.delta < 1e4, "delta"),
             (self.sigma_min <= self.mean_sigma_min <= self.sigma_max, "mean_sigma_min"),
-            (0.0 <= self.coarse_sigma < 1e4, "coarse_sigma"),
+            (0.0 <= self.coarse_sigma < 1e4, "coarse_sigma"), (0.0 <= self.extrapolation <= 1.0, "extrapolation"),
             (len(self.rows_per_step) >= 1 and all(0.0 < v <= 1024.0 for v in self.rows_per_step), "rows_per_step"),
         ]
         for ok, name in checks:

@@ -134,7 +134,8 @@ _HEAD_LAYOUT = [("version", "B"), ("width", "I"), ("height", "I"), ("channels", 
                 ("delta", "f"), ("rows_per_step", "rates")]
 # (format version that appended it, field)
 _APPENDED_FIELDS = [(3, ("coding", "B")), (4, ("precision", "B")), (6, ("output_sampler_steps", "H")),
-                    (7, ("coarse_sigma", "f")), (10, ("mean_sigma_min", "f"))]
+                    (7, ("coarse_sigma", "f")), (10, ("mean_sigma_min", "f")),
+                    (11, ("extrapolation", "f"))]
 
 
 def parse_head(payload: bytes) -> list[list] | None:
@@ -225,6 +226,7 @@ _PLAUSIBLE: dict[str, Callable[[random.Random, Any], Any]] = {
     "output_sampler_steps": lambda r, v: r.randint(1, 8),
     "coarse_sigma": lambda r, v: r.choice([0.0, 1e-3, 0.3, 0.45, 100.0]),
     "mean_sigma_min": lambda r, v: r.choice([1e-6, 0.05, 0.45, v * 1.01]),
+    "extrapolation": lambda r, v: r.choice([0.0, 0.25, 0.5, 1.0, 1.01]),
     "tile": lambda r, v: r.choice([1, 2, 3, 4, 6, 8, 10, 12, 14, 15, 18, 20, 24, 32, 33]),
     "window": lambda r, v: r.randint(1, 5),
     "margin": lambda r, v: r.randint(0, 4),

@@ -30,7 +30,7 @@ def test_encode_info_decode(tmp_path, capsys):
     png = tmp_path / "dec.png"
     assert main(["decode", str(out), str(png), "--mode", "sample", "--steps", "2"]) == 0
     assert psnr(np.asarray(Image.open(png)), crop) > 18
-    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 10)
+    assert (info["coding"], info["precision"], info["format_version"]) == ("innovation", "float32", 11)
     assert info["output_sampler_steps"] == codec.OUTPUT_STEPS_FACTOR * info["sampler_steps"]
     assert info["coarse_sigma"] == pytest.approx(FFDNetPrior.coarse_sigma)  # the default effort's half-resolution level
 

@@ -110,8 +110,28 @@ def test_samples_stop_at_the_prior_s_level_halved_on_smooth_photos_unless_given(
     assert codec.PAPER_CONFIG.sigma_min == codec.PAPER_CONFIG.mean_sigma_min == 0
 
 
+def test_extrapolation_is_written_and_drives_the_sampler(crop64, monkeypatch):
+    """The sampler's second-order weight (PSC.md §6.9) is the encoder's EXTRAPOLATION unless the config gives one;
+    the paper's configuration samples first order; the decoder passes the file's weight to the sampler."""
+    pixels, f32 = crop64[:16, :16], lambda v: float(np.float32(v))
+
+    def written(**settings) -> float:
+        data = codec.encode(pixels, max_bytes=200, config=codec.CodecConfig(**settings)).data
+        return read_file(data).header.extrapolation
+
+    assert written() == f32(codec.EXTRAPOLATION) > 0 and written(extrapolation=0.0) == 0.0
+    assert codec.PAPER_CONFIG.extrapolation == 0.0
+    data = codec.encode(pixels, max_bytes=200, config=codec.CodecConfig(extrapolation=0.75)).data
+    seen: list[float] = []
+    real = codec.sample_projected
+    monkeypatch.setattr(codec, "sample_projected", lambda *args: seen.append(args[-1]) or real(*args))
+    codec.decode_array(data, device="cpu")
+    assert seen and set(seen) == {0.75}
+
+
 @pytest.mark.parametrize("setting", [{"samples": 0}, {"samples": 1}, {"sampler_steps": 0}, {"output_samples": 0},
-                                     {"output_samples": 257}, {"coarse_sigma": -0.1}, {"mean_sigma_min": 0.5}])
+                                     {"output_samples": 257}, {"coarse_sigma": -0.1}, {"mean_sigma_min": 0.5},
+                                     {"extrapolation": 1.5}])
 def test_settings_the_format_cannot_hold_are_refused(crop64, setting):
     """A zero is not "use the effort's value" (only None is), and the header's limits are the caller's error."""
     with pytest.raises(ValueError, match="invalid codec settings: header field"):

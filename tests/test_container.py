@@ -31,7 +31,8 @@ def header(**changes) -> C.Header:
                     seed=2 ** 64 - 1, prompt="a parrot \u00e9", sampler="ddnm", sampler_steps=6, samples=8, eta=1.0,
                     sigma_max=75 / 255, sigma_min=1.5 / 255, output_samples=4, tile=16, window=16, margin=2,
                     float8="e4m3fn", delta=0.08, rows_per_step=[2.0, 1.5, 0.25], coding="raw",
-                    precision="bfloat16", output_sampler_steps=24, coarse_sigma=0.3, mean_sigma_min=20 / 255)
+                    precision="bfloat16", output_sampler_steps=24, coarse_sigma=0.3, mean_sigma_min=20 / 255,
+                    extrapolation=0.375)
     return dataclasses.replace(base, **changes)
 
 
@@ -128,17 +129,17 @@ def test_header_byte_layout() -> None:
     """HEAD built by hand from the byte table in PSC.md equals Header.to_bytes."""
     h = header()
     prior, prompt = h.prior_id.encode(), h.prompt.encode()
-    raw = (bytes([10]) + struct.pack(">II", 33, 21) + bytes([3, 1]) + bytes([len(prior)]) + prior + bytes(range(32))
+    raw = (bytes([11]) + struct.pack(">II", 33, 21) + bytes([3, 1]) + bytes([len(prior)]) + prior + bytes(range(32))
            + struct.pack(">Q", 2 ** 64 - 1) + struct.pack(">H", len(prompt)) + prompt + b"\x04ddnm"
            + struct.pack(">HHfffH", 6, 8, 1.0, 75 / 255, 1.5 / 255, 4) + struct.pack(">HHH", 16, 16, 2)
            + b"\x06e4m3fn" + struct.pack(">fB", 0.08, 3) + struct.pack(">3f", 2.0, 1.5, 0.25)
-           + bytes([1, 1]) + struct.pack(">Hff", 24, 0.3, 20 / 255))
+           + bytes([1, 1]) + struct.pack(">Hfff", 24, 0.3, 20 / 255, 0.375))
     assert h.to_bytes() == raw
-    fixed = 1 + 4 + 4 + 1 + 1 + 1 + 32 + 8 + 2 + 1 + 2 + 2 + 4 + 4 + 4 + 2 + 2 + 2 + 2 + 1 + 4 + 1 + 1 + 1 + 2 + 4 + 4
+    fixed = 1 + 4 + 4 + 1 + 1 + 1 + 32 + 8 + 2 + 1 + 2 + 2 + 4 + 4 + 4 + 2 + 2 + 2 + 2 + 1 + 4 + 1 + 1 + 1 + 2 + 4 + 4 + 4
     assert len(raw) == fixed + len(prior) + len(prompt) + 4 + 6 + 4 * 3
 
 
-@pytest.mark.parametrize("version", [0, 11, 255])
+@pytest.mark.parametrize("version", [0, 12, 255])
 def test_header_version(version: int) -> None:
     raw = bytearray(header().to_bytes())
     raw[0] = version
@@ -147,28 +148,32 @@ def test_header_version(version: int) -> None:
 
 
 @pytest.mark.parametrize("version, appended", [(1, 0), (2, 0), (3, 1), (4, 2), (5, 2), (6, 4), (7, 8), (8, 8),
-                                               (9, 8)])
+                                               (9, 8), (10, 12)])
 def test_older_versions_are_still_read(version: int, appended: int) -> None:
     """Versions 1 and 2 end after rows_per_step (innovation coding, float32), version 3 after coding, versions 4
-    and 5 after precision, version 6 after output_sampler_steps, versions 7 to 9 after coarse_sigma; before version
-    6 the output samples take sampler_steps, before version 7 nothing is denoised at half resolution, before
-    version 10 the mean output's samples stop at sigma_min."""
+    and 5 after precision, version 6 after output_sampler_steps, versions 7 to 9 after coarse_sigma, version 10
+    after mean_sigma_min; before version 6 the output samples take sampler_steps, before version 7 nothing is
+    denoised at half resolution, before version 10 the mean output's samples stop at sigma_min, before version 11
+    the sampler is first order (extrapolation 0)."""
     older = {"output_sampler_steps": 6} if version < 6 else {}
-    older.update(coarse_sigma=0.3 if version >= 7 else 0.0, mean_sigma_min=1.5 / 255)
+    older.update(coarse_sigma=0.3 if version >= 7 else 0.0, mean_sigma_min=1.5 / 255, extrapolation=0.0)
     raw = header(version=version, **older).to_bytes()
     assert raw[1:] == header(**older).to_bytes()[1:len(raw)] and raw[0] == version
-    assert len(raw) == len(header().to_bytes()) - 12 + appended
+    assert len(raw) == len(header().to_bytes()) - 16 + appended
     back = C.Header.from_bytes(raw)
     coarse = struct.unpack(">f", struct.pack(">f", 0.3))[0] if version >= 7 else 0.0
     assert (back.version, back.coding, back.precision, back.output_sampler_steps, back.coarse_sigma,
-            back.mean_sigma_min) == (version, "raw" if appended else "innovation",
+            back.mean_sigma_min, back.extrapolation) == (version, "raw" if appended else "innovation",
                                      "bfloat16" if appended >= 2 else "float32", 24 if version >= 6 else 6, coarse,
-                                     back.sigma_min)
-    assert header().version == C.FORMAT_VERSION == 10
+                                     back.sigma_min, 0.0)
+    assert header().version == C.FORMAT_VERSION == 11
     with pytest.raises(CorruptFileError, match="trailing"):
-        C.Header.from_bytes(bytes([version]) + header().to_bytes()[1:])  # version-10 fields in an older header
-    with pytest.raises(ValueError, match="mean_sigma_min"):
-        header(version=version, **{**older, "mean_sigma_min": 20 / 255}).to_bytes()
+        C.Header.from_bytes(bytes([version]) + header().to_bytes()[1:])  # version-11 fields in an older header
+    with pytest.raises(ValueError, match="extrapolation"):
+        header(version=version, **{**older, "extrapolation": 0.5}).to_bytes()
+    if version < 10:
+        with pytest.raises(ValueError, match="mean_sigma_min"):
+            header(version=version, **{**older, "mean_sigma_min": 20 / 255}).to_bytes()
     if version < 7:
         with pytest.raises(ValueError, match="coarse_sigma"):
             header(version=version, **{**older, "coarse_sigma": 0.3}).to_bytes()
@@ -177,7 +182,7 @@ def test_older_versions_are_still_read(version: int, appended: int) -> None:
             header(version=version, **{**older, "output_sampler_steps": 24}).to_bytes()
 
 
-@pytest.mark.parametrize("field, offset, values", [("coding", -12, C.CODINGS), ("precision", -11, C.PRECISIONS)])
+@pytest.mark.parametrize("field, offset, values", [("coding", -16, C.CODINGS), ("precision", -15, C.PRECISIONS)])
 def test_enumerated_fields(field: str, offset: int, values: tuple[str, ...]) -> None:
     raw = bytearray(header().to_bytes())
     assert getattr(C.Header.from_bytes(bytes(raw)), field) == values[1] and raw[offset] == 1
@@ -220,7 +225,8 @@ RANGES = [
     ("eta", float("nan"), 0.5), ("sigma_min", 0.0, 1e-6), ("sigma_max", 1e4, 9999.0), ("delta", 0.0, 1e-6),
     ("delta", 1e4, 9999.0), ("delta", float("inf"), 1.0), ("coarse_sigma", -0.5, 0.0),
     ("coarse_sigma", 1e4, 9999.0), ("coarse_sigma", float("nan"), 0.45), ("mean_sigma_min", 1 / 255, 1.5 / 255),
-    ("mean_sigma_min", 76 / 255, 75 / 255), ("mean_sigma_min", float("nan"), 0.1), ("rows_per_step", [], [1.0]),
+    ("mean_sigma_min", 76 / 255, 75 / 255), ("mean_sigma_min", float("nan"), 0.1), ("extrapolation", -0.5, 0.0),
+    ("extrapolation", 1.5, 1.0), ("extrapolation", float("nan"), 0.5), ("rows_per_step", [], [1.0]),
     ("rows_per_step", [1.0, 0.0], [1.0, 1e-3]), ("rows_per_step", [1025.0], [1024.0]),
 ]
 

@@ -8,7 +8,8 @@ import torch
 
 from pillow_psc import entropy, quantize
 from pillow_psc.rows import TileGrid, base_rows, dct_matrix, orthonormalise, principal_directions
-from pillow_psc.samplers import at_half_resolution, karras_sigmas, upsample_bilinear, upsample_bilinear_v7
+from pillow_psc.samplers import (at_half_resolution, karras_sigmas, sample_projected, upsample_bilinear,
+                                 upsample_bilinear_v7)
 
 
 def test_quantizer_is_uniform_near_zero_and_saturates():
@@ -72,6 +73,29 @@ def test_dct_is_orthonormal_and_sigmas_decrease():
     assert np.allclose(d @ d.T, np.eye(7))
     s = karras_sigmas(5, 1.0, 0.01)
     assert s[0] == pytest.approx(1.0) and s[-1] == pytest.approx(0.01) and s == sorted(s, reverse=True)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.5])
+def test_sampler_re_noises_from_the_estimate_pushed_on_along_its_last_change(c: float):
+    """PSC.md §6.9: x0_i + c (h_i / h_(i-1)) (x0_i - x0_(i-1)), h_i = log(sigma_i / sigma_(i+1)), is re-noised;
+    c = 0 is the first-order sampler. With the Gaussian prior's denoiser x / (1 + sigma^2) and no noise, the
+    steps can be followed by hand."""
+    zero = lambda i: torch.zeros(1, 1)  # noqa: E731
+    out = sample_projected(lambda x, s: x / (1 + s * s), lambda x: x, torch.ones(1, 1), [1.0, 0.5, 0.25], zero,
+                           eta=1.0, extrapolation=c)
+    # x0 = 1/2 at sigma 1, 0.5/1.25 = 0.4 at sigma 0.5 (h = log 2 both times): re-noised from 0.4 + c (0.4 - 0.5)
+    assert out.item() == pytest.approx((0.4 - 0.1 * c) / 1.0625, rel=1e-6)
+
+
+def test_sampler_extrapolation_keeps_the_measurements_and_tolerates_repeated_levels():
+    """The difference of two projected estimates adds nothing along the rows; a repeated level (h = 0) does not
+    divide by zero."""
+    pin = lambda x: torch.cat([torch.full_like(x[:, :1], 0.3), x[:, 1:]], 1)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    noise = lambda i: torch.randn(2, 4, generator=gen)  # noqa: E731
+    out = sample_projected(lambda x, s: 0.9 * x, pin, torch.zeros(2, 4), [0.5, 0.5, 0.3, 0.1], noise,
+                           extrapolation=0.5)
+    assert torch.isfinite(out).all() and torch.equal(out[:, 0], torch.full((2,), 0.3))
 
 
 def test_half_resolution_denoises_the_averaged_image_at_half_the_noise_and_upsamples_bilinearly():

@@ -346,7 +346,7 @@ def test_output_samples_pair_up_as_the_file_version_says(name: str, version: int
     from pillow_psc import codec
     draws: list[list[torch.Tensor]] = []
 
-    def recording(denoise, project, start, sigmas, noise, eta):
+    def recording(denoise, project, start, sigmas, noise, eta, extrapolation):
         calls: list[torch.Tensor] = []
         draws.append(calls)
 
@@ -354,7 +354,7 @@ def test_output_samples_pair_up_as_the_file_version_says(name: str, version: int
             calls.append(noise(i))
             return calls[-1]
 
-        return real(denoise, project, start, sigmas, recorded_noise, eta)
+        return real(denoise, project, start, sigmas, recorded_noise, eta, extrapolation)
 
     real = codec.sample_projected
     monkeypatch.setattr(codec, "sample_projected", recording)
@@ -377,9 +377,9 @@ def test_output_noise_levels_end_where_the_file_version_and_mode_say(name: str, 
     from pillow_psc import codec
     levels: list[list[float]] = []
 
-    def recording(denoise, project, start, sigmas, noise, eta):
+    def recording(denoise, project, start, sigmas, noise, eta, extrapolation):
         levels.append(sigmas)
-        return real(denoise, project, start, sigmas, noise, eta)
+        return real(denoise, project, start, sigmas, noise, eta, extrapolation)
 
     real = codec.sample_projected
     monkeypatch.setattr(codec, "sample_projected", recording)
