@@ -88,14 +88,20 @@ def test_sampler_re_noises_from_the_estimate_pushed_on_along_its_last_change(c: 
 
 
 def test_sampler_extrapolation_keeps_the_measurements_and_tolerates_repeated_levels():
-    """The difference of two projected estimates adds nothing along the rows; a repeated level (h = 0) does not
-    divide by zero."""
+    """The difference of two projected estimates adds nothing along the rows, so every level is re-noised from a
+    measurement-consistent point (seen here without noise: the denoiser's inputs keep the pinned value); a repeated
+    level (h = 0) does not divide by zero."""
     pin = lambda x: torch.cat([torch.full_like(x[:, :1], 0.3), x[:, 1:]], 1)  # noqa: E731
-    gen = torch.Generator().manual_seed(0)
-    noise = lambda i: torch.randn(2, 4, generator=gen)  # noqa: E731
-    out = sample_projected(lambda x, s: 0.9 * x, pin, torch.zeros(2, 4), [0.5, 0.5, 0.3, 0.1], noise,
+    inputs: list[torch.Tensor] = []
+
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        inputs.append(x.clone())
+        return 0.9 * x + 0.1
+
+    out = sample_projected(denoise, pin, torch.zeros(2, 4), [0.5, 0.5, 0.3, 0.1], lambda i: torch.zeros(2, 4),
                            extrapolation=0.5)
-    assert torch.isfinite(out).all() and torch.equal(out[:, 0], torch.full((2,), 0.3))
+    assert len(inputs) == 4 and all(torch.equal(x[:, 0], torch.full((2,), 0.3)) for x in inputs[1:])
+    assert torch.isfinite(out).all() and not torch.equal(inputs[3], inputs[2])
 
 
 def test_half_resolution_denoises_the_averaged_image_at_half_the_noise_and_upsamples_bilinearly():
