@@ -90,6 +90,25 @@ def replace_head(data: bytes, edit) -> bytes:
     return assemble(parts)
 
 
+def head_fields(data: bytes) -> dict:
+    """HEAD's fields by name, in pillow_psc.fuzz's lenient field table (not the reader's)."""
+    from pillow_psc import fuzz
+    return {name: value for name, _, value in fuzz.parse_head(find(data, b"HEAD")[1])}
+
+
+def set_head_fields(data: bytes, **values) -> bytes:
+    """`data` with HEAD fields set by name, CRC recomputed. The field table is pillow_psc.fuzz's lenient one (any
+    value packs, so out-of-range ones can be written), not the reader's."""
+    from pillow_psc import fuzz
+
+    def edit(payload: bytearray) -> None:
+        fields = fuzz.parse_head(bytes(payload))
+        assert {name for name, _, _ in fields} >= set(values), f"no HEAD field among {sorted(values)}"
+        payload[:] = fuzz.pack_head([[name, fmt, values.get(name, value)] for name, fmt, value in fields])
+
+    return replace_head(data, edit)
+
+
 # -- the good files ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Source:
@@ -239,15 +258,7 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
     bad_crc = bytearray(base)
     bad_crc[head_end - 1] ^= 0x01  # last byte of HEAD's CRC
 
-    def set_dims(w, h):
-        return lambda p: p.__setitem__(slice(1, 9), struct.pack(">II", w, h))
-
-    prior_len = head_payload[11]
-    sha_at = 12 + prior_len
-
-    def wrong_hash(p):
-        p[sha_at] ^= 0xFF
-
+    model_sha256 = head_fields(base)["model_sha256"]
     parts = parts_of(base)
     unknown_critical = assemble(parts[:1] + [(b"SPCL", b"future critical data")] + parts[1:])
     unknown_ancillary = assemble(parts_of(good["gray_16x16.psc"])[:1] + [(b"note", b"an unknown ancillary chunk")]
@@ -279,11 +290,11 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
          {"outcome": "error", "error": "CorruptFileError"}),
         ("bitflip_data1.psc", bytes(flipped), "rgb_16x16.psc with one bit flipped in DATA step 1 (CRC not fixed)",
          {"outcome": "error", "error": "CorruptFileError"}),
-        ("huge_dimensions.psc", replace_head(base, set_dims(100000, 100000)),
+        ("huge_dimensions.psc", set_head_fields(base, width=100000, height=100000),
          "width = height = 100000 (> MAX_DIMENSION), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
-        ("too_many_pixels.psc", replace_head(base, set_dims(65535, 65535)),
+        ("too_many_pixels.psc", set_head_fields(base, width=65535, height=65535),
          "65535x65535 (> MAX_PIXELS), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
-        ("zero_width.psc", replace_head(base, set_dims(0, 16)), "width 0, CRC recomputed",
+        ("zero_width.psc", set_head_fields(base, width=0, height=16), "width 0, CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("unknown_critical_chunk.psc", unknown_critical, "a critical chunk SPCL between HEAD and DATA",
          {"outcome": "error", "error": "UnsupportedFileError"}),
@@ -295,28 +306,28 @@ def derived(good: dict[str, bytes]) -> list[tuple[str, bytes, str, dict]]:
         ("data_out_of_order.psc", swapped, "DATA step 1 before DATA step 0",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("data_repeated.psc", dup_data0, "DATA step 0 twice", {"outcome": "error", "error": "CorruptFileError"}),
-        ("wrong_model_hash.psc", replace_head(base, wrong_hash), "first byte of model_sha256 inverted, CRC recomputed",
+        ("wrong_model_hash.psc", set_head_fields(base, model_sha256=bytes([model_sha256[0] ^ 0xFF]) + model_sha256[1:]), "first byte of model_sha256 inverted, CRC recomputed",
          {"outcome": "error", "error": "ModelMismatchError"}),
-        ("version_12.psc", replace_head(base, lambda p: p.__setitem__(0, 12)), "format version 12, CRC recomputed",
+        ("version_12.psc", set_head_fields(base, version=12), "format version 12, CRC recomputed",
          {"outcome": "error", "error": "UnsupportedFileError"}),
-        ("coding_unknown.psc", replace_head(base, lambda p: p.__setitem__(-16, 2)),
+        ("coding_unknown.psc", set_head_fields(base, coding=2),
          "HEAD coding field 2 (only 0 and 1 are defined), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
-        ("precision_unknown.psc", replace_head(base, lambda p: p.__setitem__(-15, 2)),
+        ("precision_unknown.psc", set_head_fields(base, precision=2),
          "HEAD precision field 2 (only 0 and 1 are defined), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
-        ("output_steps_zero.psc", replace_head(base, lambda p: p.__setitem__(slice(-14, -12), b"\x00\x00")),
+        ("output_steps_zero.psc", set_head_fields(base, output_sampler_steps=0),
          "HEAD output_sampler_steps 0 (the range is 1..1000), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("coarse_sigma_negative.psc",
-         replace_head(base, lambda p: p.__setitem__(slice(-12, -8), struct.pack(">f", -0.3))),
+         set_head_fields(base, coarse_sigma=-0.3),
          "HEAD coarse_sigma -0.3 (the range is 0 ..< 10^4), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("mean_sigma_min_above_max.psc",
-         replace_head(base, lambda p: p.__setitem__(slice(-8, -4), struct.pack(">f", 1.0))),
+         set_head_fields(base, mean_sigma_min=1.0),
          "HEAD mean_sigma_min 1.0, above sigma_max (the range is sigma_min ..= sigma_max), CRC recomputed",
          {"outcome": "error", "error": "CorruptFileError"}),
         ("extrapolation_above_one.psc",
-         replace_head(base, lambda p: p.__setitem__(slice(-4, None), struct.pack(">f", 1.5))),
+         set_head_fields(base, extrapolation=1.5),
          "HEAD extrapolation 1.5 (the range is 0 ..= 1), CRC recomputed", {"outcome": "error", "error": "CorruptFileError"}),
         ("raw_nan.psc", edit_data(1, lambda p: p.__setitem__(12, 0x7F), good["rgb_32x24_raw.psc"]),
          "rgb_32x24_raw.psc with its first raw float8 byte of DATA step 1 set to NaN (0x7F), CRC recomputed",

@@ -40,6 +40,9 @@ CODECS = ("psc", "psc_paper", "jpeg", "webp", "avif", "jxl", "j2k")
 DEFAULT_RATES = (0.025, 0.05, 0.1, 0.2)
 QUICK = {"images": ("kodim01", "kodim05", "kodim19", "kodim23"), "crop": 256, "rates": (0.05, 0.1, 0.2),
          "config": codec.CodecConfig(samples=4, sampler_steps=3, output_samples=2)}
+#: What `--paper-budget psc` takes from PSC's configuration into the paper-faithful one.
+PSC_BUDGET = ("effort", "samples", "sampler_steps", "output_samples", "output_sampler_steps", "rows_per_step",
+              "precision")
 STRIP_COLUMNS = 5  # truncation points shown in the progressive strip
 MS_SSIM_MIN_SIDE = 161  # pytorch_msssim asserts smaller side > (11 - 1) * 2**4, whatever the weights
 MS_SSIM_NOTE = ("MS-SSIM: pytorch_msssim.ms_ssim, data_range=255, 5 scales, 11-px window; it needs the smaller "
@@ -415,11 +418,13 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     # An explicit --effort sets the sampler budget itself, so --quick then keeps only its images, crop and rates.
     base = QUICK["config"] if args.quick and args.effort is None else codec.CodecConfig()
     config = dataclasses.replace(base, **overrides, **({} if args.effort is None else {"effort": args.effort}))
-    # The paper-faithful PSC sends raw float8 measurements (one byte each: no prediction, no entropy model). Full
-    # runs also use the paper's sampler settings (codec.PAPER_CONFIG); --quick keeps PSC's sampler budget, so that
-    # the two PSC curves differ only in the coding. Explicit --samples/--sampler-steps/--precision apply to both.
-    paper = dataclasses.replace(config, coding="raw") if args.quick else dataclasses.replace(codec.PAPER_CONFIG,
-                                                                                             **overrides)
+    # The paper-faithful PSC is the paper's method (codec.PAPER_CONFIG: raw float8 measurements, the first-order
+    # sampler run down to the prior's sigma_min at full resolution) on the paper's sampler budget or on PSC's.
+    # Explicit --samples/--sampler-steps/--precision apply to both curves.
+    if (args.paper_budget or ("psc" if args.quick else "paper")) == "psc":
+        paper = dataclasses.replace(codec.PAPER_CONFIG, **{k: getattr(config, k) for k in PSC_BUDGET})
+    else:
+        paper = dataclasses.replace(codec.PAPER_CONFIG, **overrides)
     return BenchOptions(
         kodak=kodak, images=images, crop=args.crop or (QUICK["crop"] if args.quick else None),
         rates=sorted(args.rates or (QUICK["rates"] if args.quick else DEFAULT_RATES)),
@@ -465,8 +470,10 @@ def run(opts: BenchOptions) -> tuple[dict[str, Any], bytes | None]:
     described = {name: {"label": c.name, "settings": c.settings} for name, c in baselines.items()}
     described["psc"] = {"label": "PSC (mean)", "settings": "pillow_psc, default prior (FFDNet), decode mode mean"}
     described["psc_sample"] = {"label": "PSC (sample)", "settings": "the same files, decode mode sample"}
-    described["psc_paper"] = {"label": "PSC (paper-faithful)", "settings": "raw float8 measurements (8 bits each, no "
-                              "prediction or entropy model); decode mode mean"}
+    described["psc_paper"] = {"label": "PSC (paper-faithful)", "settings": "the paper's method: raw float8 measurements (8 "
+                              "bits each, no prediction or entropy model), first-order sampler run down to the "
+                              "prior's sigma_min at full resolution; sampler budget: config.psc_paper_config; decode "
+                              "mode mean"}
     return {
         "command": opts.command,
         "config": {"kodak": str(opts.kodak), "images": opts.images, "crop": opts.crop, "rates": opts.rates,

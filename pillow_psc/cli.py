@@ -168,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "and 2 output samples: about 10 minutes on a 2-core CPU; explicit options override these")
     ben.add_argument("--effort", type=int, choices=sorted(codec.EFFORTS),
                      help=f"PSC encoder effort (default {codec.DEFAULT_EFFORT}); with --quick it replaces the quick "
-                          "sampler budget (the paper-faithful curve then uses the effort's too)")
+                          "sampler budget")
+    ben.add_argument("--paper-budget", choices=("paper", "psc"),
+                     help="sampler budget of the paper-faithful curve: the paper's own (16 samples x 25 steps, 64 "
+                          "output samples; hours per whole photo on a CPU; the default without --quick) or PSC's "
+                          "(the default with --quick), so that the two curves differ only in the method")
     ben.add_argument("--samples", type=int, help="PSC posterior samples per step")
     ben.add_argument("--sampler-steps", type=int, help="PSC denoiser evaluations per sample")
     ben.add_argument("--precision", choices=PRECISIONS, help="PSC denoiser arithmetic (default float32)")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from pillow_psc.bench import QUICK, baseline_codecs, bd_rate, fit_quality, options_from_args
+from pillow_psc.bench import PSC_BUDGET, QUICK, baseline_codecs, bd_rate, fit_quality, options_from_args
 from pillow_psc.cli import build_parser, main
 from pillow_psc.codec import PAPER_CONFIG
 
@@ -96,6 +97,7 @@ def test_bench_quick_effort_replaces_the_quick_sampler_budget(extra, effort, sam
     assert (opts.config.effort, opts.config.samples, opts.config.coding) == (effort, samples, "innovation")
     paper = opts.paper_config
     assert (paper.effort, paper.samples, paper.coding) == (effort, paper_samples, "raw")
+    assert (paper.extrapolation, paper.coarse_sigma, paper.sigma_min) == (0, 0, 0)  # the paper's sampler, on PSC's budget
     assert opts.crop == QUICK["crop"] and opts.images == list(QUICK["images"])
 
 
@@ -103,6 +105,17 @@ def test_bench_full_run_effort_leaves_the_paper_settings_alone():
     args = build_parser().parse_args(["bench", "--kodak", str(kodak_dir()), "--images", "kodim23", "--effort", "1"])
     opts = options_from_args(args)
     assert opts.config.effort == 1 and opts.paper_config == PAPER_CONFIG  # no half resolution in the paper's sampler
+
+
+@pytest.mark.parametrize("argv, budget", [
+    (["--images", "kodim23", "--effort", "2", "--paper-budget", "psc"], {"effort": 2, "samples": None}),
+    (["--quick", "--paper-budget", "paper"], {"effort": PAPER_CONFIG.effort, "samples": 16}),
+])
+def test_bench_paper_budget_chooses_whose_sampler_budget_the_paper_curve_gets(argv, budget):
+    args = build_parser().parse_args(["bench", "--kodak", str(kodak_dir()), *argv])
+    paper = options_from_args(args).paper_config
+    assert {k: getattr(paper, k) for k in budget} == budget
+    assert dataclasses.replace(paper, **{k: getattr(PAPER_CONFIG, k) for k in PSC_BUDGET}) == PAPER_CONFIG
 
 
 def test_bench_regenerates_the_readme_block(tmp_path):
