@@ -96,8 +96,8 @@ OUTPUT_STEPS_FACTOR = 2
 #: Weight of the samplers' second-order term (format version 11, samplers.sample_projected): each level is re-noised
 #: from the clean estimate pushed on along its last change, as DPM-Solver++(2M) does (1/2), instead of from the
 #: estimate itself. Free in evaluations; it sharpens what the few large sampler steps of the efforts leave blurred.
-#: Effort 1 on all 24 Kodak photos: +0.05 dB at 0.1 bpp (10 better, 1 worse), -0.00 at 0.05 bpp; +0.08 dB on six
-#: photos at 0.2 bpp. On kodim19 at 0.1 bpp 0.3 gained +0.18 dB, 1/2 +0.21, 1 -1.09, and 1/2 lost 0.02-0.06 dB on
+#: Effort 1 on all 24 Kodak photos: +0.05 dB at 0.1 bpp (10 better, 1 worse), -0.00 at 0.05 bpp, +0.05 dB at 0.2 bpp
+#: (10 better, none worse). On kodim19 at 0.1 bpp 0.3 gained +0.18 dB, 1/2 +0.21, 1 -1.09, and 1/2 lost 0.02-0.06 dB on
 #: three photos where 0.3 lost nothing (RESULTS.md, "A second-order sampler").
 EXTRAPOLATION = 0.3
 
