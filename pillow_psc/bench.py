@@ -470,10 +470,10 @@ def run(opts: BenchOptions) -> tuple[dict[str, Any], bytes | None]:
     described = {name: {"label": c.name, "settings": c.settings} for name, c in baselines.items()}
     described["psc"] = {"label": "PSC (mean)", "settings": "pillow_psc, default prior (FFDNet), decode mode mean"}
     described["psc_sample"] = {"label": "PSC (sample)", "settings": "the same files, decode mode sample"}
-    described["psc_paper"] = {"label": "PSC (paper-faithful)", "settings": "the paper's method: raw float8 measurements (8 "
-                              "bits each, no prediction or entropy model), first-order sampler run down to the "
-                              "prior's sigma_min at full resolution; sampler budget: config.psc_paper_config; decode "
-                              "mode mean"}
+    described["psc_paper"] = {"label": "PSC (paper-faithful)",
+                              "settings": "the paper's method: raw float8 measurements (8 bits each, no prediction or "
+                              "entropy model), first-order sampler run down to the prior's sigma_min at full "
+                              "resolution; sampler budget: config.psc_paper_config; decode mode mean"}
     return {
         "command": opts.command,
         "config": {"kodak": str(opts.kodak), "images": opts.images, "crop": opts.crop, "rates": opts.rates,

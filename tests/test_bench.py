@@ -97,7 +97,8 @@ def test_bench_quick_effort_replaces_the_quick_sampler_budget(extra, effort, sam
     assert (opts.config.effort, opts.config.samples, opts.config.coding) == (effort, samples, "innovation")
     paper = opts.paper_config
     assert (paper.effort, paper.samples, paper.coding) == (effort, paper_samples, "raw")
-    assert (paper.extrapolation, paper.coarse_sigma, paper.sigma_min) == (0, 0, 0)  # the paper's sampler, on PSC's budget
+    # the paper's sampler, on PSC's budget
+    assert (paper.extrapolation, paper.coarse_sigma, paper.sigma_min) == (0, 0, 0)
     assert opts.crop == QUICK["crop"] and opts.images == list(QUICK["images"])
 
 
